@@ -1,0 +1,119 @@
+# The lab suite's one entry point. `make help` lists the targets.
+#
+# Every folder labs/NN-name/ with server.cpp and client.cpp is a lab: it builds into
+# $(BUILD)/NN-name/server and $(BUILD)/NN-name/client, linked with common/.
+
+CXX      ?= g++
+PYTHON   ?= /usr/bin/python3
+BUILD    ?= build
+SAN      ?=
+WERROR   ?=
+LAB      ?=
+PYTEST_ARGS ?=
+
+CXXFLAGS ?= -O2 -g
+CXXFLAGS += -std=c++20 -Wall -Wextra -Wpedantic -Wshadow -Wconversion -pthread
+CPPFLAGS += -I. -MMD -MP
+LDFLAGS  += -pthread
+ifeq ($(WERROR),1)
+CXXFLAGS += -Werror
+endif
+ifeq ($(SAN),address)
+CXXFLAGS += -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+LDFLAGS  += -fsanitize=address,undefined
+endif
+ifeq ($(SAN),thread)
+CXXFLAGS += -O1 -fsanitize=thread -fno-omit-frame-pointer
+LDFLAGS  += -fsanitize=thread
+endif
+
+LAB_DIRS   := $(sort $(patsubst labs/%/,%,$(dir $(wildcard labs/[0-9][0-9]-*/server.cpp))))
+PROGRAMS   := $(foreach lab,$(LAB_DIRS),$(BUILD)/$(lab)/server $(BUILD)/$(lab)/client)
+COMMON_SRC := $(wildcard common/*.cpp)
+COMMON_OBJ := $(COMMON_SRC:%.cpp=$(BUILD)/obj/%.o)
+COMMON_LIB := $(BUILD)/obj/libcommon.a
+UNIT_SRC   := $(wildcard tests/unit/*.cpp)
+UNIT_OBJ   := $(UNIT_SRC:%.cpp=$(BUILD)/obj/%.o)
+UNIT_BIN   := $(BUILD)/tests/unit_tests
+
+# `make test LAB=7` and `make test LAB=07` both mean lab 07.
+LAB_NUM    := $(if $(filter 1 2 3 4 5 6 7 8 9,$(LAB)),0$(LAB),$(LAB))
+E2E_SELECT := $(if $(LAB_NUM),-m lab$(LAB_NUM))
+PYTEST     := $(PYTHON) -m pytest -p no:cacheprovider
+SAN_ENV    := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
+              UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=86 \
+              TSAN_OPTIONS=halt_on_error=1:exitcode=86:second_deadlock_stack=1
+
+.PHONY: all test unit e2e sanitize tsan tour deps clean help format lint
+.DEFAULT_GOAL := all
+.SECONDARY:
+
+all: $(PROGRAMS) $(UNIT_BIN)
+
+$(BUILD)/obj/%.o: %.cpp
+	@mkdir -p $(@D)
+	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -c $< -o $@
+
+$(COMMON_LIB): $(COMMON_OBJ)
+	@mkdir -p $(@D)
+	$(AR) rcs $@ $^
+
+$(BUILD)/%/server: $(BUILD)/obj/labs/%/server.o $(COMMON_LIB)
+	@mkdir -p $(@D)
+	$(CXX) $(LDFLAGS) $^ -o $@
+
+$(BUILD)/%/client: $(BUILD)/obj/labs/%/client.o $(COMMON_LIB)
+	@mkdir -p $(@D)
+	$(CXX) $(LDFLAGS) $^ -o $@
+
+$(UNIT_BIN): $(UNIT_OBJ) $(COMMON_LIB)
+	@mkdir -p $(@D)
+	$(CXX) $(LDFLAGS) $^ -lgtest_main -lgtest -o $@
+
+deps:
+	@scripts/install-deps
+
+test: deps all
+ifeq ($(LAB_NUM),)
+	$(MAKE) --no-print-directory unit
+endif
+	$(MAKE) --no-print-directory e2e
+
+unit: $(UNIT_BIN)
+	$(SAN_ENV) $(UNIT_BIN) --gtest_brief=1
+
+e2e: $(PROGRAMS)
+	$(SAN_ENV) LABS_BIN=$(abspath $(BUILD)) $(PYTEST) tests $(E2E_SELECT) $(PYTEST_ARGS)
+
+# The same tests against a separate AddressSanitizer + UndefinedBehaviorSanitizer build.
+sanitize: deps
+	$(MAKE) --no-print-directory BUILD=build/sanitize SAN=address all
+	$(MAKE) --no-print-directory BUILD=build/sanitize SAN=address test
+
+# ThreadSanitizer for the labs that use threads (their end-to-end tests carry `threads`).
+tsan: deps
+	$(MAKE) --no-print-directory BUILD=build/tsan SAN=thread all
+	$(MAKE) --no-print-directory BUILD=build/tsan SAN=thread e2e PYTEST_ARGS="-m threads $(PYTEST_ARGS)"
+
+tour: deps all
+	$(PYTHON) scripts/tour --bin $(BUILD)
+
+format:
+	clang-format -i common/*.[ch]pp labs/*/*.[ch]pp tests/unit/*.cpp
+
+clean:
+	rm -rf build dist
+
+help:
+	@echo "make                 build every lab into $(BUILD)/NN-name/{server,client}"
+	@echo "make test            install what is missing, build, run unit then end-to-end tests"
+	@echo "make test LAB=07     one lab's end-to-end tests"
+	@echo "make unit            GoogleTest for common/"
+	@echo "make e2e             pytest end-to-end tests (LABS_BIN=DIR to test another build)"
+	@echo "make sanitize        everything again under ASan + UBSan, in build/sanitize"
+	@echo "make tsan            the threaded labs under ThreadSanitizer, in build/tsan"
+	@echo "make tour            run every lab once and show both sides"
+	@echo "make WERROR=1        treat warnings as errors (CI does)"
+	@echo "make clean           remove build/ and dist/"
+
+-include $(COMMON_OBJ:.o=.d) $(UNIT_OBJ:.o=.d) $(wildcard $(BUILD)/obj/labs/*/*.d)

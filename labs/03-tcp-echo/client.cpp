@@ -1,0 +1,90 @@
+// 03-tcp-echo client, also the client of labs 04, 05, 07, 08 and 09: their servers differ,
+// the protocol does not. Each of those labs' client.cpp sets its default port and
+// includes this file.
+//
+// It sends each line of standard input with its newline and then reads until it has got
+// back as many bytes as it has sent. A stream has no message boundaries: one write() may
+// arrive as several read()s, or two writes as one read, so the client counts bytes
+// instead of trusting any single read.
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+#include "common/args.hpp"
+#include "common/endpoint.hpp"
+#include "common/error.hpp"
+#include "common/fd.hpp"
+#include "common/io.hpp"
+#include "common/signals.hpp"
+
+#ifndef LAB_DEFAULT_PORT
+#define LAB_DEFAULT_PORT 9903
+#endif
+
+namespace {
+
+constexpr std::uint16_t kDefaultPort = LAB_DEFAULT_PORT;
+
+std::string usage() {
+    return "usage: client [--host ADDR] [--port N]\n"
+           "       client [HOST [PORT]]\n"
+           "TCP echo client: sends each line of stdin, prints what comes back.\n"
+           "  -H, --host ADDR   server address (default 127.0.0.1)\n"
+           "  -p, --port N      server port (default " +
+           std::to_string(kDefaultPort) +
+           ")\n"
+           "      --help        this text\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    lab::Args args(usage());
+    args.host_port("127.0.0.1", kDefaultPort, lab::Positionals::kHostPort);
+    args.parse(argc, argv);
+    const lab::Endpoint server = args.endpoint(SOCK_STREAM);
+    const std::string server_text = lab::format_address(server);
+
+    lab::ignore_sigpipe();  // a server that has gone away makes write() fail with EPIPE
+
+    // 1. socket() and 2. connect(): the three-way handshake happens here.
+    const lab::Fd sock(socket(server.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!sock) lab::die_error("socket", "", errno);
+    while (connect(sock.get(), server.addr(), server.size) == -1) {
+        if (errno != EINTR) lab::die_error("connect", server_text, errno);
+    }
+
+    // 3. Send a line, then read until the echo has caught up with what was sent. The
+    //    totals run over the whole connection, so bytes that arrive early or late are
+    //    never lost between lines.
+    lab::LineReader input(STDIN_FILENO);
+    unsigned long long sent = 0;
+    unsigned long long received = 0;
+    char buffer[16384];
+    while (auto line = input.read_line()) {
+        line->push_back('\n');
+        if (!lab::write_all(sock.get(), *line)) lab::die_error("write", server_text, errno);
+        sent += line->size();
+        while (received < sent) {
+            const ssize_t n = read(sock.get(), buffer, sizeof buffer);
+            if (n == -1 && errno == EINTR) continue;
+            if (n == -1) lab::die_error("read", server_text, errno);
+            if (n == 0) {
+                lab::die("connection closed by " + server_text + " after " +
+                         std::to_string(received) + " of " + std::to_string(sent) +
+                         " bytes");
+            }
+            std::fwrite(buffer, 1, static_cast<std::size_t>(n), stdout);
+            received += static_cast<unsigned long long>(n);
+        }
+        std::fflush(stdout);
+    }
+    if (errno != 0) lab::die_error("read", "stdin", errno);
+
+    // 4. close() (by the Fd): the server reads end of stream and finishes with us.
+    return lab::kExitOk;
+}
