@@ -238,7 +238,7 @@ class Program:
             except BrokenPipeError:
                 pass
 
-    def signal(self, signo=signal.SIGTERM) -> None:
+    def send_signal(self, signo=signal.SIGTERM) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signo)
 
@@ -255,7 +255,7 @@ class Program:
     def stop(self, signo=signal.SIGTERM, timeout: float = 5.0) -> int:
         """Sends `signo` and waits for the exit status."""
         self.close_stdin()
-        self.signal(signo)
+        self.send_signal(signo)
         return self.wait(timeout)
 
     def kill_group(self) -> None:
@@ -330,7 +330,7 @@ class Lab:
         for p in self.programs:
             if p.proc.poll() is None:
                 p.close_stdin()
-                p.signal(signal.SIGTERM)
+                p.send_signal(signal.SIGTERM)
                 try:
                     p.proc.wait(3)
                 except subprocess.TimeoutExpired:
