@@ -1,0 +1,295 @@
+"""Lab 01-udp-echo: the server sends every datagram back; the client sends lines."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+
+import pytest
+
+from conftest import needs_ipv6, open_fds, rss_kib, udp_socket, wait_until
+
+MAX_IPV4_PAYLOAD = 65507
+
+
+def echo_through(server, payload: bytes, family=socket.AF_INET) -> bytes:
+    with udp_socket(family) as s:
+        s.sendto(payload, server.sockaddr)
+        data, sender = s.recvfrom(70000)
+        assert sender[:2] == server.sockaddr
+        return data
+
+
+# ----------------------------------------------------------------- the normal path
+
+def test_client_echoes_each_line(start, run):
+    server = start("server", "--port", "0")
+    result = run("client", "--host", server.host, "--port", str(server.port),
+                 input=b"hello\nworld\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"hello\nworld\n"
+    assert result.stderr == ""
+
+
+def test_positional_host_and_port(start, run):
+    server = start("server", "0")  # server [PORT]
+    result = run("client", server.host, str(server.port), input=b"positional\n")
+    assert result.stdout == b"positional\n"
+
+
+def test_server_logs_each_datagram_with_its_sender(start):
+    server = start("server", "--port", "0")
+    with udp_socket() as s:
+        s.sendto(b"12345", server.sockaddr)
+        s.recvfrom(100)
+        me = "%s:%d" % s.getsockname()
+    server.expect(r"^from %s: 5 bytes$" % re.escape(me))
+
+
+def test_quiet_server_logs_nothing(start):
+    server = start("server", "--port", "0", "--quiet")
+    assert echo_through(server, b"x") == b"x"
+    assert server.stop() == 0
+    assert server.stdout_lines[1:] == []
+
+
+def test_empty_line_is_an_empty_datagram(start, run):
+    server = start("server", "--port", "0")
+    result = run("client", "-p", str(server.port), input=b"a\n\nb")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"a\n\nb\n"  # the last line had no newline: still a line
+    server.expect(r": 0 bytes$")
+
+
+def test_connect_mode_echoes_too(start, run):
+    server = start("server", "--port", "0")
+    result = run("client", "--connect", "-p", str(server.port), input=b"one\ntwo\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"one\ntwo\n"
+
+
+@needs_ipv6
+def test_ipv6(start, run):
+    server = start("server", "--host", "::1", "--port", "0")
+    assert server.address.text == "[::1]:%d" % server.port
+    result = run("client", "--host", "::1", "--port", str(server.port), input=b"over six\n")
+    assert result.stdout == b"over six\n", result.stderr
+    assert echo_through(server, b"v6", socket.AF_INET6) == b"v6"
+
+
+# ------------------------------------------------------------ binary-safe, any size
+
+@pytest.mark.parametrize("payload", [
+    b"",
+    b"\x00",
+    b"a\x00b\x00\x00c",
+    bytes(range(256)) * 4,            # 1 KiB, every byte value
+    os.urandom(MAX_IPV4_PAYLOAD),     # the largest IPv4 UDP payload
+], ids=["empty", "nul", "nuls-inside", "1KiB", "65507"])
+def test_python_peer_gets_exact_bytes_back(start, payload):
+    server = start("server", "--port", "0")
+    assert echo_through(server, payload) == payload
+
+
+def test_oversized_datagram_is_refused_by_the_kernel_not_the_server(start):
+    server = start("server", "--port", "0")
+    with udp_socket() as s:
+        with pytest.raises(OSError):  # EMSGSIZE: more than an IPv4 datagram holds
+            s.sendto(b"x" * (MAX_IPV4_PAYLOAD + 1), server.sockaddr)
+    assert echo_through(server, b"still here") == b"still here"
+
+
+# -------------------------------------------------------------------- real peers
+
+def test_netcat_as_client(start):
+    server = start("server", "--port", "0")
+    # OpenBSD nc: -u UDP, -w 1 gives up one second after stdin ends and nothing arrives.
+    nc = subprocess.run(["nc", "-u", "-w", "1", server.host, str(server.port)],
+                        input=b"from netcat\n", capture_output=True, timeout=10)
+    assert nc.stdout == b"from netcat\n"  # nc sends the newline too: the echo keeps it
+
+
+def test_socat_as_client(start):
+    server = start("server", "--port", "0")
+    out = subprocess.run(["socat", "-T", "2", "-", "UDP:%s:%d" % (server.host, server.port)],
+                         input=b"via socat", capture_output=True, timeout=10)
+    assert out.stdout == b"via socat"
+
+
+def test_client_against_a_python_echo_peer(run):
+    with udp_socket() as peer:
+        port = peer.getsockname()[1]
+
+        def serve():
+            for _ in range(2):
+                data, addr = peer.recvfrom(70000)
+                peer.sendto(data[::-1], addr)
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        result = run("client", "--port", str(port), input=b"abc\nxyz\n")
+        t.join(5)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"cba\nzyx\n"
+
+
+def test_client_ignores_datagrams_from_strangers(run):
+    """An unconnected socket accepts datagrams from anyone; the client prints only the
+    server's reply."""
+    with udp_socket() as peer, udp_socket() as stranger:
+        port = peer.getsockname()[1]
+
+        def serve():
+            data, addr = peer.recvfrom(100)
+            stranger.sendto(b"spoofed", addr)
+            peer.sendto(data, addr)
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        result = run("client", "--port", str(port), input=b"real\n")
+        t.join(5)
+    assert result.stdout == b"real\n"
+
+
+# ----------------------------------------------------------------- faults, errors
+
+def test_client_without_server_times_out(run):
+    with udp_socket() as silent:  # bound, so the port is ours; it never replies
+        port = silent.getsockname()[1]
+        result = run("client", "--port", str(port), "--timeout", "1", input=b"anyone?\n")
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert "no reply from 127.0.0.1:%d within 1s" % port in result.stderr
+    assert result.seconds < 1 + 1.5
+
+
+def test_client_default_timeout_is_two_seconds(run):
+    with udp_socket() as silent:
+        port = silent.getsockname()[1]
+        result = run("client", "--port", str(port), input=b"anyone?\n")
+    assert result.returncode == 1
+    assert "within 2s" in result.stderr
+    assert 1.9 <= result.seconds < 2 + 1.5
+
+
+def closed_port() -> int:
+    """A port where nothing listens: bind, note the port, close."""
+    with udp_socket() as s:
+        return s.getsockname()[1]
+
+
+def test_connect_mode_reports_refused_at_once(run):
+    result = run("client", "--connect", "--port", str(closed_port()), "--timeout", "5",
+                 input=b"knock\n")
+    assert result.returncode == 1
+    assert "refused" in result.stderr.lower()
+    assert result.seconds < 1.0 + 0.5, "took %.2fs" % result.seconds
+
+
+def test_busy_port_exits_1(start, run):
+    server = start("server", "--port", "0")
+    second = run("server", "--port", str(server.port))
+    assert second.returncode == 1
+    assert second.stderr.strip() == (
+        "server: bind 127.0.0.1:%d: Address already in use" % server.port)
+
+
+@pytest.mark.parametrize("prog", ["server", "client"])
+@pytest.mark.parametrize("argv", [
+    ["--no-such-flag"], ["--port", "65536"], ["--port", "-1"], ["--port", "9x"],
+    ["--port"], ["--host", "300.1.2.3"], ["--host", "no-such-host.invalid"],
+    ["1", "2", "3"],
+], ids=lambda a: " ".join(a) if isinstance(a, list) else a)
+def test_bad_arguments_exit_2_with_usage(run, prog, argv):
+    if prog == "server" and argv == ["--host", "no-such-host.invalid"]:
+        argv = ["--host", "no-such-host.invalid", "--port", "0"]
+    result = run(prog, *argv)
+    assert result.returncode == 2
+    first, rest = result.stderr.split("\n", 1)
+    assert first.startswith(prog + ": ")
+    assert rest.startswith("usage: " + prog)
+    assert result.stdout == b""
+
+
+def test_client_bad_timeout(run):
+    result = run("client", "--timeout", "soon")
+    assert result.returncode == 2
+    assert "--timeout" in result.stderr
+
+
+@pytest.mark.parametrize("prog", ["server", "client"])
+def test_help(run, prog):
+    result = run(prog, "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith(b"usage: " + prog.encode())
+    assert b"--port" in result.stdout
+
+
+@pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_server_with_status_0(start, signo):
+    server = start("server", "--port", "0")
+    assert echo_through(server, b"x") == b"x"
+    assert server.stop(signo) == 0
+
+
+def test_twenty_clients_at_once(start, lab):
+    server = start("server", "--port", "0", "--quiet")
+    clients = []
+    for c in range(20):
+        data = b"".join(b"client %d line %d\n" % (c, i) for i in range(100))
+        p = lab.start("client", "-p", str(server.port), ready=False)
+        clients.append((p, data))
+        p.write(data)
+        p.close_stdin()
+    for p, data in clients:
+        assert p.wait(30) == 0, p.stderr
+        assert b"".join(line + b"\n" for line in p.stdout_lines) == data
+
+
+# ------------------------------------------------------------------ the fault sweep
+
+@pytest.mark.faults
+def test_many_source_ports_and_junk_leave_no_trace(start):
+    server = start("server", "--port", "0", "--quiet")
+    echo_through(server, b"warm up")
+    fds, rss = open_fds(server.pid), rss_kib(server.pid)
+    for i in range(300):  # 300 distinct source ports, random sizes and bytes
+        with udp_socket() as s:
+            payload = os.urandom(i * 211 % 9000)
+            s.sendto(payload, server.sockaddr)
+            assert s.recvfrom(70000)[0] == payload
+    assert echo_through(server, b"fresh client") == b"fresh client"
+    assert open_fds(server.pid) == fds
+    assert rss_kib(server.pid) < rss + 2048
+
+
+@pytest.mark.faults
+def test_truncating_receiver_does_not_affect_server(start):
+    server = start("server", "--port", "0", "--quiet")
+    with udp_socket() as s:
+        s.sendto(b"y" * 60000, server.sockaddr)
+        assert len(s.recv(10)) == 10  # the rest of this datagram is discarded by our kernel
+    assert echo_through(server, b"next") == b"next"
+
+
+@pytest.mark.faults
+def test_replies_to_a_vanished_client_do_not_hurt(start):
+    server = start("server", "--port", "0", "--quiet")
+    for _ in range(50):
+        s = udp_socket()
+        s.sendto(b"gone before the reply", server.sockaddr)
+        s.close()  # the reply meets a closed port: ICMP unreachable, ignored by the server
+    assert echo_through(server, b"alive") == b"alive"
+    wait_until(lambda: server.proc.poll() is None, what="server still running")
+
+
+@pytest.mark.faults
+def test_signals_during_recvfrom_are_retried(start):
+    server = start("server", "--port", "0")
+    for _ in range(20):
+        os.kill(server.pid, signal.SIGWINCH)  # ignored by default; must not disturb recvfrom
+    os.kill(server.pid, signal.SIGSTOP)
+    os.kill(server.pid, signal.SIGCONT)  # a stop/continue interrupts the blocking call
+    assert echo_through(server, b"after signals") == b"after signals"
