@@ -83,7 +83,7 @@ unit: $(UNIT_BIN)
 	$(SAN_ENV) $(UNIT_BIN) --gtest_brief=1
 
 e2e: $(PROGRAMS)
-	$(SAN_ENV) LABS_BIN=$(abspath $(BUILD)) $(PYTEST) tests $(E2E_SELECT) $(PYTEST_ARGS)
+	$(SAN_ENV) LABS_BIN=$(or $(LABS_BIN),$(abspath $(BUILD))) $(PYTEST) tests $(E2E_SELECT) $(PYTEST_ARGS)
 
 # The same tests against a separate AddressSanitizer + UndefinedBehaviorSanitizer build.
 sanitize: deps

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "common/args.hpp"
 #include "common/endpoint.hpp"
@@ -28,6 +29,8 @@
 namespace {
 
 constexpr std::uint16_t kDefaultPort = LAB_DEFAULT_PORT;
+// Bytes per read(): how much arrives at once is the network's business, not ours.
+constexpr std::size_t kBufferSize = 16384;
 
 std::string usage() {
     return "usage: client [--host ADDR] [--port N]\n"
@@ -64,13 +67,13 @@ int main(int argc, char** argv) {
     lab::LineReader input(STDIN_FILENO);
     unsigned long long sent = 0;
     unsigned long long received = 0;
-    char buffer[16384];
+    std::vector<char> buffer(kBufferSize);
     while (auto line = input.read_line()) {
         line->push_back('\n');
         if (!lab::write_all(sock.get(), *line)) lab::die_error("write", server_text, errno);
         sent += line->size();
         while (received < sent) {
-            const ssize_t n = read(sock.get(), buffer, sizeof buffer);
+            const ssize_t n = read(sock.get(), buffer.data(), buffer.size());
             if (n == -1 && errno == EINTR) continue;
             if (n == -1) lab::die_error("read", server_text, errno);
             if (n == 0) {
@@ -78,7 +81,7 @@ int main(int argc, char** argv) {
                          std::to_string(received) + " of " + std::to_string(sent) +
                          " bytes");
             }
-            std::fwrite(buffer, 1, static_cast<std::size_t>(n), stdout);
+            std::fwrite(buffer.data(), 1, static_cast<std::size_t>(n), stdout);
             received += static_cast<unsigned long long>(n);
         }
         std::fflush(stdout);
