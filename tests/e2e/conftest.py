@@ -43,7 +43,8 @@ SANITIZER_REPORTS = (
 # How long a program may take to print its ready line, or a client to finish. Generous,
 # because sanitizer builds and a loaded 2-core CI machine are slow; a healthy run never
 # waits this long.
-READY_TIMEOUT = 10.0
+# LABS_READY_TIMEOUT shortens the first for a grader that expects hanging programs.
+READY_TIMEOUT = float(os.environ.get("LABS_READY_TIMEOUT") or 10.0)
 RUN_TIMEOUT = 20.0
 
 
