@@ -50,10 +50,9 @@ TCP echo server on epoll: one thread, many clients.
   -H, --host ADDR        address to bind (default 127.0.0.1; :: or 0.0.0.0 for all)
   -p, --port N           port to bind (default 9909; 0 lets the kernel choose)
       --mode lt|et       level-triggered (default) or edge-triggered epoll
-      --max-clients N    clients served at once; one more gets "server busy"
+      --max-clients N    clients at once; one more gets "server busy" and is closed
                          (default: the descriptor limit minus 8)
-      --max-buffer BYTES stop reading a client while this much echo waits for it
-                         (default 1048576)
+      --max-buffer BYTES stop reading a client while this much echo waits (default 1 MiB)
       --quiet            no log line per event
       --help             this text
 )";
@@ -67,21 +66,25 @@ struct Options {
 
 // Everything the server knows about one connection: 48 bytes while idle.
 struct Conn {
-    std::string out;            // echo the peer has not taken yet; no heap while it is short
-    std::uint32_t sent = 0;     // bytes of `out` already written
-    std::uint32_t events = 0;   // LT: the interest set registered with epoll
-    lab::Fd fd;                 // closed (and so removed from epoll) with the Conn
-    bool read_closed = false;   // the peer sent FIN: close once `out` has drained
-    bool queued = false;        // ET: waiting on the ready list for another turn
+    std::string out;           // echo the peer has not taken yet; no heap while it is short
+    std::uint32_t sent = 0;    // bytes of `out` already written
+    std::uint32_t events = 0;  // LT: the interest set registered with epoll
+    lab::Fd fd;                // closed (and so removed from epoll) with the Conn
+    bool read_closed = false;  // the peer sent FIN: close once `out` has drained
+    bool queued = false;       // ET: waiting on the ready list for another turn
 
     [[nodiscard]] std::size_t pending() const { return out.size() - sent; }
 };
 
 class Server {
-public:
+  public:
     Server(lab::Fd listen_fd, lab::Fd epoll_fd, const Options& options)
-        : listen_fd_(std::move(listen_fd)), epoll_fd_(std::move(epoll_fd)), opt_(options),
-          log_(options.quiet), buffer_(kReadChunk), events_(kMaxEvents) {}
+        : listen_fd_(std::move(listen_fd)),
+          epoll_fd_(std::move(epoll_fd)),
+          opt_(options),
+          log_(options.quiet),
+          buffer_(kReadChunk),
+          events_(kMaxEvents) {}
 
     void run(const sigset_t& wait_mask) {
         while (!lab::stop_requested()) {
@@ -89,8 +92,8 @@ public:
             // 5. epoll_pwait(): SIGINT and SIGTERM are blocked everywhere else and unblocked
             //    only inside this call, atomically, so a stop request can never slip in
             //    between the flag check above and the wait (the race plain epoll_wait has).
-            const int n = epoll_pwait(epoll_fd_.get(), events_.data(), kMaxEvents, timeout,
-                                      &wait_mask);
+            const int n =
+                epoll_pwait(epoll_fd_.get(), events_.data(), kMaxEvents, timeout, &wait_mask);
             if (n == -1 && errno == EINTR) continue;  // the handler ran: look at the flag
             if (n == -1) lab::die_error("epoll_pwait", "", errno);
             if (n == 0 && !accepting_) set_accepting(true);
@@ -111,7 +114,7 @@ public:
         log_("stopping on signal ", lab::stop_signal());
     }
 
-private:
+  private:
     Conn& conn(int fd) { return conns_[static_cast<std::size_t>(fd)]; }
 
     void on_event(int fd, std::uint32_t events) {
@@ -128,15 +131,16 @@ private:
     void accept_clients() {
         while (accepting_) {
             lab::Endpoint peer;
-            lab::Fd client(accept4(listen_fd_.get(), peer.addr(), &peer.size,
-                                   SOCK_NONBLOCK | SOCK_CLOEXEC));
+            lab::Fd client(
+                accept4(listen_fd_.get(), peer.addr(), &peer.size, SOCK_NONBLOCK | SOCK_CLOEXEC));
             if (!client) {
                 if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue;
                 if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                     // The connection stays queued in the kernel. Accepting again at once
                     // would fail again, a busy loop: stop watching the listener instead.
-                    lab::report_error("accept", "", errno);
-                    lab::report("pausing accepts until a client leaves");
+                    lab::report_message("accept", "",
+                                        std::string(std::strerror(errno)) +
+                                            "; pausing accepts until a client leaves");
                     set_accepting(false);
                 } else if (errno != EAGAIN) {
                     lab::report_error("accept", "", errno);
@@ -144,11 +148,10 @@ private:
                 return;
             }
             if (clients_ >= opt_.max_clients) {
-                // Best effort: a fresh socket's send buffer always has room for 12 bytes.
-                if (write(client.get(), kBusy.data(), kBusy.size()) == -1) {
-                    // The peer has gone already; closing is all that is left.
-                }
-                log_("refused ", lab::format_address(peer), ": server busy");
+                // Best effort, never retried: a fresh socket has room for 12 bytes.
+                const ssize_t told = write(client.get(), kBusy.data(), kBusy.size());
+                log_("refused ", lab::format_address(peer), ": server busy",
+                     told == -1 ? " (could not tell it)" : "");
                 continue;  // the Fd closes it
             }
             add_client(std::move(client), peer);
@@ -285,11 +288,11 @@ private:
     lab::Fd epoll_fd_;
     Options opt_;
     lab::Log log_;
-    std::vector<Conn> conns_;        // indexed by descriptor number
-    std::vector<char> buffer_;       // every read() lands here first
+    std::vector<Conn> conns_;   // indexed by descriptor number
+    std::vector<char> buffer_;  // every read() lands here first
     std::vector<epoll_event> events_;
-    std::vector<int> ready_;         // ET: connections owed another turn
-    std::vector<int> ready_now_;     // the turn being served (swapped, so never reallocated)
+    std::vector<int> ready_;      // ET: connections owed another turn
+    std::vector<int> ready_now_;  // the turn being served (swapped, so never reallocated)
     std::size_t clients_ = 0;
     bool accepting_ = true;
 };
@@ -300,7 +303,8 @@ Options parse_options(int argc, char** argv, lab::Args& args) {
     auto max_buffer = kDefaultMaxBuffer;
     args.host_port("127.0.0.1", kDefaultPort, lab::Positionals::kPort);
     args.option("--mode", [&options](std::string_view mode) -> std::string {
-        if (mode != "lt" && mode != "et") return "bad mode '" + std::string(mode) + "' (want lt or et)";
+        if (mode != "lt" && mode != "et")
+            return "bad mode '" + std::string(mode) + "' (want lt or et)";
         options.edge = mode == "et";
         return "";
     });
@@ -367,8 +371,8 @@ int main(int argc, char** argv) {
     const auto bound = lab::local_endpoint(listen_fd.get());
     if (!bound) lab::die_error("getsockname", "", errno);
     lab::print_ready("tcp", *bound);
-    log("mode ", options.edge ? "et" : "lt", ", at most ", options.max_clients,
-        " clients, ", options.max_buffer, " bytes of pending echo each");
+    log("mode ", options.edge ? "et" : "lt", ", at most ", options.max_clients, " clients, ",
+        options.max_buffer, " bytes of pending echo each");
 
     Server server(std::move(listen_fd), std::move(epoll_fd), options);
     server.run(wait_mask);
