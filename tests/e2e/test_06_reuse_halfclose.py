@@ -1,0 +1,326 @@
+"""Lab 06: half-close echo (read to end of stream, send it all back), TIME_WAIT,
+SO_REUSEADDR and SO_REUSEPORT."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import threading
+
+import pytest
+
+from conftest import needs_ipv6, open_fds, recv_exactly, rss_kib, tcp_connect, wait_until
+
+TIME_WAIT = "06"  # the state column of /proc/net/tcp
+
+
+def tcp_states(port: int) -> list[tuple[int, int, str]]:
+    """(local port, remote port, state) of every TCP socket on loopback using `port`."""
+    rows = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local = int(fields[1].rsplit(":", 1)[1], 16)
+            remote = int(fields[2].rsplit(":", 1)[1], 16)
+            if port in (local, remote):
+                rows.append((local, remote, fields[3]))
+    return rows
+
+
+def time_wait_on(port: int, local_port: int) -> bool:
+    return any(l == local_port and st == TIME_WAIT for l, _, st in tcp_states(port))
+
+
+def exchange(address, payload: bytes, timeout: float = 10) -> bytes:
+    """What a half-closing peer does: send everything, shut down writing, read to EOF."""
+    with tcp_connect(address, timeout=timeout) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        reply = bytearray()
+        while chunk := s.recv(65536):
+            reply += chunk
+        return bytes(reply)
+
+
+def served(address) -> bool:
+    return exchange(address, b"still here\n") == b"still here\n"
+
+
+def reset(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+# ------------------------------------------------------------------ command line
+
+def test_help_and_bad_arguments(run):
+    help_text = run("server", "--help").stdout
+    for flag in (b"--max-bytes", b"--timeout", b"--no-reuseaddr", b"--reuseport"):
+        assert flag in help_text
+    assert run("client", "--help").returncode == 0
+    for bad in (["--max-bytes", "0"], ["--max-bytes", "lots"], ["--timeout", "-1"],
+                ["--timeout"], ["--reuseport=yes"], ["--port", "x"], ["1", "2"]):
+        result = run("server", *bad)
+        assert result.returncode == 2, bad
+        assert "usage" in result.stderr, bad
+    result = run("client", "--reuseport")
+    assert result.returncode == 2 and "unknown option" in result.stderr
+
+
+def test_no_server_is_connection_refused(run):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = run("client", "--port", str(port), input=b"hi\n")
+    assert result.returncode == 1
+    assert "connect 127.0.0.1:%d: Connection refused" % port in result.stderr
+
+
+# ------------------------------------------------------------------ half-close
+
+def test_round_trip_with_own_client(start, run):
+    server = start("server", "--port", "0")
+    data = b"line one\nline two\n\x00\xff no newline at the end"
+    result = run("client", server.host, str(server.port), input=data)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == data + b"\n"  # the harness adds a newline to a last partial line
+    server.expect(r"^pid %d: 127\.0\.0\.1:\d+ connected$" % server.pid)
+    server.expect(r"sent %d bytes and shut down its side" % len(data))
+    server.expect(r"done$")
+
+
+def test_empty_input_gives_empty_reply(start, lab):
+    server = start("server", "--port", "0")
+    out = subprocess.run([lab.path("client"), "--port", str(server.port)], input=b"",
+                         capture_output=True, timeout=10)
+    assert out.returncode == 0 and out.stdout == b""
+    server.expect(r"sent 0 bytes")
+
+
+def test_one_mebibyte_round_trip(start, lab):
+    server = start("server", "--port", "0")
+    data = os.urandom(1 << 20)
+    out = subprocess.run([lab.path("client"), "--port", str(server.port)], input=data,
+                         capture_output=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == data
+    assert exchange(server.address, data) == data  # and through a Python peer
+
+
+def test_nc_interop(start):
+    server = start("server", "--port", "0")
+    # nc -N: shutdown(SHUT_WR) at the end of its input, exactly like our client.
+    out = subprocess.run(["nc", "-N", server.host, str(server.port)], input=b"from nc\n",
+                         capture_output=True, timeout=10)
+    assert out.returncode == 0 and out.stdout == b"from nc\n"
+
+
+@needs_ipv6
+def test_over_ipv6(start, run):
+    server = start("server", "--host", "::1", "--port", "0")
+    result = run("client", "--host", "::1", "--port", str(server.port), input=b"v6\n")
+    assert result.returncode == 0 and result.stdout == b"v6\n"
+
+
+def test_reply_comes_only_after_the_half_close(start):
+    server = start("server", "--port", "0")
+    with tcp_connect(server.address) as s:
+        s.sendall(b"part one, ")
+        s.sendall(b"part two")
+        server.expect(r"connected$")
+        s.settimeout(0.5)
+        with pytest.raises(socket.timeout):  # nothing yet: the server waits for our FIN
+            s.recv(100)
+        s.settimeout(5)
+        s.shutdown(socket.SHUT_WR)  # our writing half is closed, our reading half is not
+        assert recv_exactly(s, 18) == b"part one, part two"
+        assert s.recv(100) == b""  # then the server's FIN
+
+
+def test_the_client_ends_in_time_wait_after_a_normal_exchange(start):
+    server = start("server", "--port", "0")
+    with tcp_connect(server.address) as s:
+        client_port = s.getsockname()[1]
+        s.sendall(b"x")
+        s.shutdown(socket.SHUT_WR)
+        assert recv_exactly(s, 1) == b"x"
+        assert s.recv(10) == b""
+    # The client sent the first FIN, so TIME_WAIT is on the client's port, not the server's.
+    wait_until(lambda: time_wait_on(server.port, client_port), what="client in TIME_WAIT")
+    assert not time_wait_on(server.port, server.port)
+
+
+# ------------------------------------------------------------------ TIME_WAIT and restart
+
+def stop_with_a_client_connected(start, *flags):
+    """Stops a server while a client is connected: the server closes first, so after the
+    client closes too, the server's port holds a connection in TIME_WAIT."""
+    server = start("server", "--port", "0", *flags)
+    s = tcp_connect(server.address)
+    server.expect(r"connected$")
+    assert server.stop() == 0
+    assert s.recv(10) == b""  # the server's FIN
+    s.close()
+    wait_until(lambda: time_wait_on(server.port, server.port), what="server port in TIME_WAIT")
+    assert "server stopping, closing first" in "\n".join(
+        line.decode() for line in server.stdout_lines)
+    return server.port
+
+
+def test_restart_during_time_wait_succeeds_with_so_reuseaddr(start):
+    port = stop_with_a_client_connected(start)
+    again = start("server", "--port", str(port))  # at once, TIME_WAIT still there
+    assert again.port == port and time_wait_on(port, port)
+    assert served(again.address)
+
+
+def test_restart_during_time_wait_fails_without_so_reuseaddr(start, run):
+    port = stop_with_a_client_connected(start, "--no-reuseaddr")
+    result = run("server", "--no-reuseaddr", "--port", str(port))
+    assert result.returncode == 1
+    assert result.stderr == "server: bind 127.0.0.1:%d: Address already in use\n" % port
+    assert time_wait_on(port, port)
+
+
+def test_so_reuseaddr_does_not_allow_two_listeners(start, run):
+    server = start("server", "--port", "0")
+    result = run("server", "--port", str(server.port))
+    assert result.returncode == 1 and "Address already in use" in result.stderr
+
+
+# ------------------------------------------------------------------ SO_REUSEPORT
+
+def test_two_reuseport_servers_share_fifty_connections(start):
+    first = start("server", "--port", "0", "--reuseport")
+    second = start("server", "--port", str(first.port), "--reuseport")
+    for i in range(50):
+        assert exchange(first.address, b"%d" % i) == b"%d" % i
+    counts = {}
+    for server in (first, second):
+        server.stop()
+        pids = [int(m.group(1)) for line in server.stdout_lines
+                if (m := re.match(rb"^pid (\d+): \S+ connected$", line))]
+        assert set(pids) <= {server.pid}
+        counts[server.pid] = len(pids)
+    assert sum(counts.values()) == 50
+    assert all(n > 0 for n in counts.values()), counts  # the kernel spread the load
+
+
+def test_reuseport_needs_the_option_on_both(start, run):
+    first = start("server", "--port", "0", "--reuseport")
+    result = run("server", "--port", str(first.port))
+    assert result.returncode == 1 and "Address already in use" in result.stderr
+
+
+# ------------------------------------------------------------------ limits and faults
+
+def test_over_max_bytes_the_server_says_so(start, run):
+    server = start("server", "--port", "0", "--max-bytes", "1000")
+    exact = b"a" * 999 + b"\n"  # exactly the limit is fine
+    assert run("client", "--port", str(server.port), input=exact).stdout == exact
+    result = run("client", "--port", str(server.port), input=b"b" * 5_000_000)
+    assert result.returncode == 1
+    assert result.stdout == b"server: more than 1000 bytes; closing\n"
+    assert re.search(r"client: (write|got \d+ bytes back from) 127\.0\.0\.1", result.stderr)
+    assert "more than 1000 bytes; closed" in server.stderr
+    assert served(server.address)
+
+
+def test_a_silent_peer_is_dropped_after_the_timeout(start):
+    server = start("server", "--port", "0", "--timeout", "0.5")
+    with tcp_connect(server.address) as silent:
+        silent.sendall(b"half")  # and then nothing, no FIN either
+        assert served(server.address)  # waits in the backlog until the silent one is dropped
+        assert silent.recv(10) == b""
+    assert "nothing for 0.5s; dropped" in server.stderr
+
+
+def test_sigterm_exits_zero(start):
+    server = start("server", "--port", "0")
+    assert server.stop(signal.SIGTERM) == 0
+    server = start("server", "--port", "0")
+    assert server.stop(signal.SIGINT) == 0
+
+
+# ------------------------------------------------------------------ the fault sweep
+
+def fault_random_bytes(address):
+    data = os.urandom(3000)
+    assert exchange(address, data) == data
+
+
+def fault_connect_and_close(address):
+    tcp_connect(address).close()
+
+
+def fault_megabyte_without_newline(address):
+    data = b"m" * (1 << 20)
+    assert exchange(address, data) == data
+
+
+def fault_stall_half_way(address):
+    with tcp_connect(address) as s:
+        s.sendall(b"half a mess")
+        assert s.recv(10) == b""  # dropped after --timeout
+
+
+def fault_reset_mid_transfer(address):
+    s = tcp_connect(address)
+    s.sendall(os.urandom(300000))
+    reset(s)
+
+
+def fault_never_reads_reply(address):
+    s = tcp_connect(address, timeout=10)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.sendall(b"r" * (6 << 20))  # more than the server's send buffer holds (4 MiB at most)
+    s.shutdown(socket.SHUT_WR)
+    return s  # kept open and never read; the server gives up after --timeout
+
+
+def fault_over_the_limit(address):
+    s = tcp_connect(address, timeout=10)
+    try:
+        s.sendall(b"o" * (10 << 20))
+    except (ConnectionResetError, BrokenPipeError):
+        pass  # the server closed after its limit: the point
+    s.close()
+
+
+FAULTS = [fault_random_bytes, fault_connect_and_close, fault_megabyte_without_newline,
+          fault_stall_half_way, fault_reset_mid_transfer, fault_never_reads_reply,
+          fault_over_the_limit]
+
+
+@pytest.mark.faults
+def test_fault_sweep(start):
+    server = start("server", "--port", "0", "--quiet", "--timeout", "0.5",
+                   "--max-bytes", str(8 << 20))
+    idle_fds = open_fds(server.pid)
+    assert served(server.address)
+    rss_before = rss_kib(server.pid)
+    kept = []
+    try:
+        for fault in FAULTS:
+            left_open = fault(server.address)
+            if left_open:
+                kept.append(left_open)
+            assert served(server.address), fault.__name__
+            wait_until(lambda: open_fds(server.pid) == idle_fds, timeout=10,
+                       what="descriptors back to %d after %s" % (idle_fds, fault.__name__))
+    finally:
+        for s in kept:
+            s.close()
+    assert "reply not read for 0.5s; dropped" in server.stderr
+    # The buffer is bounded by --max-bytes (8 MiB here); allow for allocator slack.
+    assert rss_kib(server.pid) < rss_before + 40 * 1024
+    assert server.stop() == 0
