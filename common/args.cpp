@@ -2,6 +2,7 @@
 
 #include <netdb.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -79,8 +80,9 @@ void Args::option(std::string_view name, long long* target, long long min, long 
     const std::string option_name(name);
     add(name, 0, true, [=](std::string_view v) -> std::string {
         if (parse_integer(v, min, max, target)) return "";
-        return "bad value '" + std::string(v) + "' for " + option_name + " (want a whole number from " +
-               std::to_string(min) + " to " + std::to_string(max) + ")";
+        return "bad value '" + std::string(v) + "' for " + option_name +
+               " (want a whole number from " + std::to_string(min) + " to " + std::to_string(max) +
+               ")";
     });
 }
 
@@ -109,10 +111,7 @@ const Args::Spec* Args::find(std::string_view arg) const {
 }
 
 bool Args::given(std::string_view name) const {
-    for (const std::string& seen : given_) {
-        if (seen == name) return true;
-    }
-    return false;
+    return std::ranges::find(given_, name) != given_.end();
 }
 
 void Args::usage_error(std::string_view reason) const {

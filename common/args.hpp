@@ -29,7 +29,7 @@ enum class Positionals {
 };
 
 class Args {
-public:
+  public:
     explicit Args(std::string usage);
 
     // Registers -H/--host ADDR and -p/--port N with their defaults, and the positional form.
@@ -59,10 +59,10 @@ public:
     // known name is a usage error (exit 2); a resolver failure (no DNS) exits 1.
     [[nodiscard]] Endpoint endpoint(int socktype) const;
 
-private:
+  private:
     struct Spec {
-        std::string name;      // "--port"
-        char short_name = 0;   // 'p', or 0 for none
+        std::string name;     // "--port"
+        char short_name = 0;  // 'p', or 0 for none
         bool takes_value = false;
         std::function<std::string(std::string_view)> accept;
     };

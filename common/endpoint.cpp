@@ -48,7 +48,7 @@ std::optional<std::uint16_t> parse_port(std::string_view text) noexcept {
 Resolution resolve(std::string_view host, std::uint16_t port, int socktype) {
     Resolution result;
     addrinfo hints{};
-    hints.ai_family = AF_UNSPEC;     // IPv4 or IPv6, whichever the host is
+    hints.ai_family = AF_UNSPEC;  // IPv4 or IPv6, whichever the host is
     hints.ai_socktype = socktype;
     hints.ai_flags = AI_NUMERICSERV;  // the port is a number: never look it up
     const std::string host_text(host);
@@ -59,8 +59,8 @@ Resolution resolve(std::string_view host, std::uint16_t port, int socktype) {
                            : getaddrinfo(host_text.c_str(), port_text.c_str(), &hints, &list);
     if (result.gai_error != 0) {
         // EAI_SYSTEM means "look at errno"; every other code has its own text.
-        result.error = result.gai_error == EAI_SYSTEM ? std::strerror(errno)
-                                                      : gai_strerror(result.gai_error);
+        result.error =
+            result.gai_error == EAI_SYSTEM ? std::strerror(errno) : gai_strerror(result.gai_error);
         return result;
     }
     const std::unique_ptr<addrinfo, decltype(&freeaddrinfo)> owner(list, freeaddrinfo);
@@ -83,7 +83,7 @@ std::string format_unix(const sockaddr* sa, socklen_t size) {
         return "@" + std::string(un->sun_path + 1, path_size - 1);
     }
     // A path name is NUL-terminated within path_size (the kernel may or may not count it).
-    return std::string(un->sun_path, strnlen(un->sun_path, path_size));
+    return {un->sun_path, strnlen(un->sun_path, path_size)};
 }
 }  // namespace
 

@@ -17,10 +17,11 @@ void set_program_name(std::string_view argv0) {
     name_storage() = std::string(slash == std::string_view::npos ? argv0 : argv0.substr(slash + 1));
 }
 
-const std::string& program_name() { return name_storage(); }
+const std::string& program_name() {
+    return name_storage();
+}
 
-std::string format_error(std::string_view what, std::string_view address,
-                         std::string_view reason) {
+std::string format_error(std::string_view what, std::string_view address, std::string_view reason) {
     std::string line = program_name();
     line += ": ";
     line += what;

@@ -11,7 +11,7 @@
 namespace lab {
 
 class Fd {
-public:
+  public:
     Fd() noexcept = default;
     explicit Fd(int fd) noexcept : fd_(fd) {}
     ~Fd() { reset(); }
@@ -38,7 +38,7 @@ public:
         if (old >= 0) ::close(old);
     }
 
-private:
+  private:
     int fd_ = -1;
 };
 

@@ -27,7 +27,7 @@ namespace lab {
 // newline is still a line. Works with poll(): call fill() when the fd is readable, then
 // take every complete line with next().
 class LineReader {
-public:
+  public:
     explicit LineReader(int fd) noexcept : fd_(fd) {}
 
     // One read() into the buffer. Returns bytes read; 0 at end of input; -1 with errno set
@@ -40,7 +40,7 @@ public:
     std::optional<std::string> read_line();
     [[nodiscard]] bool eof() const noexcept { return eof_; }
 
-private:
+  private:
     int fd_;
     std::string buffer_;
     bool eof_ = false;
@@ -58,7 +58,7 @@ void print_payload(std::string_view bytes);
 //   lab::Log log(quiet);
 //   log("from ", peer, ": ", n, " bytes");
 class Log {
-public:
+  public:
     explicit Log(bool quiet) noexcept : quiet_(quiet) {}
 
     template <typename... Parts>
@@ -69,7 +69,7 @@ public:
         write_line(line.str());
     }
 
-private:
+  private:
     static void write_line(std::string line);
     bool quiet_;
 };

@@ -7,7 +7,9 @@ namespace {
 // The only mutable global state in the suite: what a signal handler may touch.
 volatile std::sig_atomic_t g_stop_signal = 0;
 
-extern "C" void on_stop_signal(int signo) { g_stop_signal = signo; }
+extern "C" void on_stop_signal(int signo) {
+    g_stop_signal = signo;
+}
 }  // namespace
 
 void ignore_sigpipe() {
@@ -26,8 +28,12 @@ void install_stop_handlers() {
     sigaction(SIGTERM, &action, nullptr);
 }
 
-bool stop_requested() noexcept { return g_stop_signal != 0; }
+bool stop_requested() noexcept {
+    return g_stop_signal != 0;
+}
 
-int stop_signal() noexcept { return g_stop_signal; }
+int stop_signal() noexcept {
+    return g_stop_signal;
+}
 
 }  // namespace lab

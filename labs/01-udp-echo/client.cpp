@@ -27,7 +27,8 @@ namespace {
 constexpr std::uint16_t kDefaultPort = 9901;
 constexpr std::size_t kBufferSize = 65536;  // larger than any UDP payload
 
-constexpr const char* kUsage = R"(usage: client [--host ADDR] [--port N] [--timeout SECONDS] [--connect]
+constexpr const char* kUsage =
+    R"(usage: client [--host ADDR] [--port N] [--timeout SECONDS] [--connect]
        client [HOST [PORT]]
 UDP echo client: sends each line of stdin as one datagram, prints each reply.
   -H, --host ADDR      server address (default 127.0.0.1)
@@ -89,23 +90,23 @@ int main(int argc, char** argv) {
     std::vector<char> reply(kBufferSize);
     while (auto line = input.read_line()) {
         // 3. One line, without its newline, is one datagram.
-        const ssize_t sent = connected
-            ? send(sock.get(), line->data(), line->size(), 0)
-            : sendto(sock.get(), line->data(), line->size(), 0, server.addr(), server.size);
+        const ssize_t sent = connected ? send(sock.get(), line->data(), line->size(), 0)
+                                       : sendto(sock.get(), line->data(), line->size(), 0,
+                                                server.addr(), server.size);
         if (sent == -1) lab::die_error(connected ? "send" : "sendto", server_text, errno);
 
         // 4. Wait for the reply, but not forever.
         const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                                    std::chrono::duration<double>(timeout));
+                                                 std::chrono::duration<double>(timeout));
         for (;;) {
             if (!wait_readable(sock.get(), deadline)) {
                 if (lab::stop_requested()) return lab::kExitFailure;
                 lab::die("no reply from " + server_text + " within " + seconds_text(timeout));
             }
             lab::Endpoint from;
-            const ssize_t n = connected
-                ? recv(sock.get(), reply.data(), reply.size(), 0)
-                : recvfrom(sock.get(), reply.data(), reply.size(), 0, from.addr(), &from.size);
+            const ssize_t n = connected ? recv(sock.get(), reply.data(), reply.size(), 0)
+                                        : recvfrom(sock.get(), reply.data(), reply.size(), 0,
+                                                   from.addr(), &from.size);
             if (n == -1) {
                 if (errno == EINTR) continue;
                 // On a connected socket, ECONNREFUSED here is the ICMP "port unreachable"

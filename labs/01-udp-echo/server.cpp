@@ -61,8 +61,8 @@ int main(int argc, char** argv) {
     std::vector<char> buffer(kBufferSize);
     while (!lab::stop_requested()) {
         lab::Endpoint peer;  // filled in by recvfrom: who sent this datagram
-        const ssize_t n = recvfrom(sock.get(), buffer.data(), buffer.size(), 0, peer.addr(),
-                                   &peer.size);
+        const ssize_t n =
+            recvfrom(sock.get(), buffer.data(), buffer.size(), 0, peer.addr(), &peer.size);
         if (n == -1) {
             if (errno != EINTR) lab::report_error("recvfrom", lab::format_address(*bound), errno);
             continue;  // EINTR: a signal; the loop condition looks at the stop flag

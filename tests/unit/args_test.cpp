@@ -15,7 +15,8 @@ constexpr const char* kUsage = "usage: prog [--host ADDR] [--port N]\n";
 // Keeps the argument strings alive and hands out the char** that parse() wants.
 struct Argv {
     explicit Argv(std::vector<std::string> words) : storage(std::move(words)) {
-        for (std::string& w : storage) pointers.push_back(w.data());
+        for (std::string& w : storage)
+            pointers.push_back(w.data());
         pointers.push_back(nullptr);
     }
     int argc() const { return static_cast<int>(storage.size()); }

@@ -8,9 +8,13 @@
 
 namespace {
 
-bool is_open(int fd) { return fcntl(fd, F_GETFD) != -1; }
+bool is_open(int fd) {
+    return fcntl(fd, F_GETFD) != -1;
+}
 
-int open_null() { return open("/dev/null", O_RDONLY | O_CLOEXEC); }
+int open_null() {
+    return open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
 
 TEST(Fd, DefaultHoldsNothing) {
     const lab::Fd fd;
@@ -22,7 +26,10 @@ TEST(Fd, DefaultHoldsNothing) {
 TEST(Fd, ClosesWhenItGoesOutOfScope) {
     const int raw = open_null();
     ASSERT_GE(raw, 0);
-    { const lab::Fd fd(raw); EXPECT_TRUE(is_open(raw)); }
+    {
+        const lab::Fd fd(raw);
+        EXPECT_TRUE(is_open(raw));
+    }
     EXPECT_FALSE(is_open(raw));
 }
 
@@ -60,7 +67,10 @@ TEST(Fd, ClosesExactlyOnce) {
     // After the owner closes its descriptor, the number is free; a new file may get it.
     // A second close by a stale owner would close that new file: check that it stays open.
     const int raw = open_null();
-    { lab::Fd a(raw); lab::Fd b(std::move(a)); }
+    {
+        lab::Fd a(raw);
+        lab::Fd b(std::move(a));
+    }
     const int reused = open_null();
     EXPECT_EQ(reused, raw);  // the lowest free number comes back
     EXPECT_TRUE(is_open(reused));
@@ -70,7 +80,11 @@ TEST(Fd, ClosesExactlyOnce) {
 TEST(Fd, ReleaseGivesUpOwnership) {
     const int raw = open_null();
     int released = -1;
-    { lab::Fd fd(raw); released = fd.release(); EXPECT_FALSE(fd.valid()); }
+    {
+        lab::Fd fd(raw);
+        released = fd.release();
+        EXPECT_FALSE(fd.valid());
+    }
     EXPECT_EQ(released, raw);
     EXPECT_TRUE(is_open(raw));
     close(raw);

@@ -31,7 +31,8 @@ Pair socket_pair() {
 
 std::vector<char> pattern(std::size_t size) {
     std::vector<char> data(size);
-    for (std::size_t i = 0; i < size; ++i) data[i] = static_cast<char>((i * 131 + 7) % 251);
+    for (std::size_t i = 0; i < size; ++i)
+        data[i] = static_cast<char>((i * 131 + 7) % 251);
     return data;
 }
 
@@ -49,7 +50,8 @@ TEST(WriteAll, CompletesShortWritesAgainstASlowReader) {
             const ssize_t n = read(pair.reader.get(), chunk, sizeof chunk);
             if (n <= 0) break;
             got.insert(got.end(), chunk, chunk + n);
-            if (got.size() % 100000 < 1000) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+            if (got.size() % 100000 < 1000)
+                std::this_thread::sleep_for(std::chrono::milliseconds(1));
         }
     });
     const bool ok = lab::write_all(pair.writer.get(), data.data(), data.size());
@@ -113,7 +115,8 @@ TEST(LineReader, SplitsLinesAndKeepsTheLastWithoutNewline) {
     const lab::Fd in = pipe_with(std::string("one\n\nthree\0x\nlast", 17));
     lab::LineReader reader(in.get());
     std::vector<std::string> lines;
-    while (auto line = reader.read_line()) lines.push_back(*line);
+    while (auto line = reader.read_line())
+        lines.push_back(*line);
     EXPECT_EQ(errno, 0);
     ASSERT_EQ(lines.size(), 4u);
     EXPECT_EQ(lines[0], "one");
@@ -174,10 +177,12 @@ TEST(Log, LinesFromManyThreadsNeverInterleave) {
     std::vector<std::thread> threads;
     for (int t = 0; t < 8; ++t) {
         threads.emplace_back([&log, t] {
-            for (int i = 0; i < 200; ++i) log("thread ", t, " line ", i, " ", std::string(50, 'x'));
+            for (int i = 0; i < 200; ++i)
+                log("thread ", t, " line ", i, " ", std::string(50, 'x'));
         });
     }
-    for (auto& th : threads) th.join();
+    for (auto& th : threads)
+        th.join();
     const std::string out = testing::internal::GetCapturedStdout();
     std::size_t lines = 0;
     std::size_t start = 0;
