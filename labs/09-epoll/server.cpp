@@ -138,11 +138,16 @@ class Server {
                 if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                     // The connection stays queued in the kernel. Accepting again at once
                     // would fail again, a busy loop: stop watching the listener instead.
-                    lab::report_message("accept", "",
-                                        std::string(std::strerror(errno)) +
-                                            "; pausing accepts until a client leaves");
+                    if (!told_full_) {  // once, not at every retry
+                        lab::report_message("accept", "",
+                                            std::string(std::strerror(errno)) +
+                                                "; pausing accepts until a client leaves");
+                    }
+                    told_full_ = true;
                     set_accepting(false);
-                } else if (errno != EAGAIN) {
+                } else if (errno == EAGAIN) {
+                    told_full_ = false;  // caught up: the shortage, if any, is over
+                } else {
                     lab::report_error("accept", "", errno);
                 }
                 return;
@@ -295,6 +300,7 @@ class Server {
     std::vector<int> ready_now_;  // the turn being served (swapped, so never reallocated)
     std::size_t clients_ = 0;
     bool accepting_ = true;
+    bool told_full_ = false;  // out of descriptors was reported; the queue is not empty yet
 };
 
 Options parse_options(int argc, char** argv, lab::Args& args) {

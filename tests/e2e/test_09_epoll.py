@@ -264,6 +264,7 @@ def test_out_of_descriptors_pauses_accepting_without_spinning(start, mode):
             s.sendall(b"late %d\n" % i)
             want = b"late %d\n" % i
             assert recv_exactly(s, len(want)) == want
+        assert server.stderr.count("pausing accepts") == 1, server.stderr  # once, no flood
     finally:
         for s in socks:
             s.close()
