@@ -1,0 +1,169 @@
+// 03-tcp-echo server: accepts one client, sends back every byte it reads until the client
+// closes, then accepts the next one. An iterative server: while it serves one client,
+// the next one's connection is already complete (the kernel did the handshake) but
+// waits in the listen backlog, unanswered. Labs 04 to 09 remove that wait.
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/args.hpp"
+#include "common/endpoint.hpp"
+#include "common/error.hpp"
+#include "common/fd.hpp"
+#include "common/io.hpp"
+#include "common/signals.hpp"
+
+namespace {
+
+constexpr std::uint16_t kDefaultPort = 9903;
+// Completed connections the kernel queues for us while we serve someone else.
+constexpr int kBacklog = 16;
+// Bytes per read(). Any size works, even 1: a stream is cut wherever the reader likes.
+constexpr std::size_t kBufferSize = 16384;
+// A client silent for this long, or not reading its echo, is dropped (--idle-timeout).
+constexpr double kDefaultIdleSeconds = 60;
+
+constexpr const char* kUsage = R"(usage: server [--host ADDR] [--port N] [--idle-timeout SECONDS] [--quiet]
+       server [PORT]
+TCP echo server, one client at a time: sends every byte back to the client.
+  -H, --host ADDR            address to bind (default 127.0.0.1; :: or 0.0.0.0 for all)
+  -p, --port N               port to bind (default 9903; 0 lets the kernel choose)
+      --idle-timeout SECONDS drop a client that sends nothing, or reads nothing, for
+                             this long (default 60; 0 waits forever)
+      --quiet                no log line per event
+      --help                 this text
+)";
+
+// Both directions get a deadline. Without one, a client that sends nothing (read blocks)
+// or never reads its echo (write blocks on a full buffer) holds the only seat forever.
+bool set_idle_timeout(int fd, double seconds) {
+    timeval limit{};
+    limit.tv_sec = static_cast<time_t>(seconds);
+    limit.tv_usec = static_cast<suseconds_t>(std::lround((seconds - std::floor(seconds)) * 1e6));
+    return setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit) == 0 &&
+           setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit) == 0;
+}
+
+// Writes all `size` bytes, like lab::write_all, except that a signal asking us to stop
+// ends the wait: a client that never reads would otherwise keep SIGTERM waiting too.
+bool write_echo(int fd, const char* bytes, std::size_t size) {
+    while (size > 0) {
+        if (lab::stop_requested()) {
+            errno = EINTR;  // report_failure() stays quiet: main says why we stop
+            return false;
+        }
+        const ssize_t n = write(fd, bytes, size);
+        if (n == -1) {
+            if (errno == EINTR) continue;  // the loop condition looks at the stop flag
+            return false;
+        }
+        bytes += n;  // a short write: the rest goes round again
+        size -= static_cast<std::size_t>(n);
+    }
+    return true;
+}
+
+// One client's trouble goes to stderr; the server then drops that client and goes on.
+void report_failure(const char* call, const std::string& peer, int err) {
+    if (err == EINTR) return;  // SIGTERM or SIGINT: main says that it is stopping
+    if (err == EAGAIN || err == EWOULDBLOCK) {
+        lab::report_message(call, peer, "idle too long, dropping the client");
+    } else {
+        lab::report_error(call, peer, err);  // ECONNRESET: the client reset the connection
+    }
+}
+
+// 5. read() and write() until the client closes. Bytes, not messages: whatever one read()
+//    returns goes straight back, however the client's writes were cut up on the way.
+//    Returns how many bytes were echoed.
+unsigned long long echo(int fd, const std::string& peer, const lab::Log& log) {
+    std::vector<char> buffer(kBufferSize);
+    unsigned long long total = 0;
+    while (!lab::stop_requested()) {
+        const ssize_t n = read(fd, buffer.data(), buffer.size());
+        if (n == 0) return total;  // end of stream: the client closed or shut down its side
+        if (n == -1 && errno == EINTR && !lab::stop_requested()) continue;
+        if (n == -1) {
+            report_failure("read", peer, errno);
+            return total;
+        }
+        log("from ", peer, ": ", n, " bytes");
+        if (!write_echo(fd, buffer.data(), static_cast<std::size_t>(n))) {
+            report_failure("write", peer, errno);
+            return total;
+        }
+        total += static_cast<unsigned long long>(n);
+    }
+    return total;
+}
+
+void serve(const lab::Fd& conn, const lab::Endpoint& peer_address, double idle_seconds,
+           const lab::Log& log) {
+    const std::string peer = lab::format_address(peer_address);
+    log("client ", peer, " connected");
+    if (idle_seconds > 0 && !set_idle_timeout(conn.get(), idle_seconds)) {
+        lab::report_error("setsockopt", peer, errno);
+    }
+    const unsigned long long total = echo(conn.get(), peer, log);
+    log("client ", peer, " left after ", total, " bytes");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    bool quiet = false;
+    double idle_seconds = kDefaultIdleSeconds;
+    lab::Args args(kUsage);
+    args.host_port("127.0.0.1", kDefaultPort, lab::Positionals::kPort);
+    args.option("--idle-timeout", &idle_seconds, 0.0, 86400.0);
+    args.flag("--quiet", &quiet);
+    args.parse(argc, argv);
+    const lab::Endpoint local = args.endpoint(SOCK_STREAM);
+    const lab::Log log(quiet);
+
+    lab::ignore_sigpipe();  // a client gone mid-echo makes write() fail with EPIPE instead
+    lab::install_stop_handlers();
+
+    // 1. socket(): the listening socket. It never carries data; it only hands out
+    //    connections.
+    const lab::Fd listen_fd(socket(local.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!listen_fd) lab::die_error("socket", "", errno);
+
+    // 2. bind(): the address clients connect to. With port 0 the kernel picks one.
+    if (bind(listen_fd.get(), local.addr(), local.size) == -1) {
+        lab::die_error("bind", lab::format_address(local), errno);
+    }
+
+    // 3. listen(): from here on the kernel completes handshakes by itself and queues up to
+    //    kBacklog connections, whether or not we are calling accept().
+    if (listen(listen_fd.get(), kBacklog) == -1) {
+        lab::die_error("listen", lab::format_address(local), errno);
+    }
+    const auto bound = lab::local_endpoint(listen_fd.get());
+    if (!bound) lab::die_error("getsockname", "", errno);
+    const std::string where = lab::format_address(*bound);
+    lab::print_ready("tcp", *bound);
+
+    while (!lab::stop_requested()) {
+        // 4. accept(): takes the oldest queued connection, and a new socket for it alone.
+        lab::Endpoint peer;
+        const lab::Fd conn(accept4(listen_fd.get(), peer.addr(), &peer.size, SOCK_CLOEXEC));
+        if (!conn) {
+            // EINTR is a signal: the loop looks at the flag. Other errors (ECONNABORTED,
+            // EMFILE) belong to one connection attempt; the server keeps listening.
+            if (errno != EINTR) lab::report_error("accept", where, errno);
+            continue;
+        }
+        serve(conn, peer, idle_seconds, log);
+        // 6. close(): conn's Fd closes the connection here; the client reads end of stream.
+    }
+
+    log("stopping on signal ", lab::stop_signal());
+    return lab::kExitOk;
+}
