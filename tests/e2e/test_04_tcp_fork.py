@@ -1,0 +1,352 @@
+"""Lab 04-tcp-fork: a TCP echo server with one child process per connection."""
+
+import os
+import re
+import select
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import (children_of, group_alive, needs_ipv6, open_fds, process_state,
+                      recv_exactly, rss_kib, tcp_connect, wait_until)
+
+MIB = 1 << 20
+
+
+def roundtrip(address, payload: bytes, timeout: float = 10.0) -> bytes:
+    """Writes from a thread while reading the echo, so full buffers never deadlock us."""
+    with tcp_connect(address, timeout) as s:
+        writer = threading.Thread(target=s.sendall, args=(payload,), daemon=True)
+        writer.start()
+        echoed = recv_exactly(s, len(payload))
+        writer.join(timeout)
+        return echoed
+
+
+def served(address, timeout: float = 10.0) -> bool:
+    with tcp_connect(address, timeout) as s:
+        s.sendall(b"ping\n")
+        return recv_exactly(s, 5) == b"ping\n"
+
+
+def echo_once(s: socket.socket, data: bytes) -> bytes:
+    s.sendall(data)
+    return recv_exactly(s, len(data))
+
+
+def linger_reset(s: socket.socket) -> None:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+def live_children(pid: int) -> list[int]:
+    return [c for c in children_of(pid) if process_state(c) not in (None, "Z")]
+
+
+def zombies(pid: int) -> list[int]:
+    return [c for c in children_of(pid) if process_state(c) == "Z"]
+
+
+def socket_fds(pid: int) -> int:
+    count = 0
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            if os.readlink("/proc/%d/fd/%s" % (pid, fd)).startswith("socket:"):
+                count += 1
+        except OSError:
+            pass
+    return count
+
+
+# ----------------------------------------------------------------- the normal path
+
+def test_client_echoes_each_line(start, run):
+    server = start("server", "--port", "0")
+    result = run("client", "--host", server.host, "--port", str(server.port),
+                 input=b"hello\nworld\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"hello\nworld\n"
+    assert result.stderr == ""
+
+
+def test_positional_arguments_and_binary_bytes(start, run):
+    server = start("server", "0")
+    data = b"\x00\xff\n\x80zero\x00\n"
+    result = run("client", server.host, str(server.port), input=data)
+    assert result.stdout == data
+
+
+def test_logs_connect_child_exit(start):
+    server = start("server", "--port", "0")
+    with tcp_connect(server.address) as s:
+        me = re.escape("%s:%d" % s.getsockname())
+        assert echo_once(s, b"12345") == b"12345"
+        child = int(server.expect(r"^client %s connected: child (\d+)$" % me).group(1))
+        server.expect(r"^from %s: 5 bytes$" % me)
+    server.expect(r"^client %s left after 5 bytes$" % me)
+    server.expect(r"^child %d exited with status 0$" % child)
+
+
+@needs_ipv6
+def test_ipv6(start, run):
+    server = start("server", "--host", "::1", "--port", "0")
+    result = run("client", "::1", str(server.port), input=b"six\n")
+    assert result.stdout == b"six\n"
+
+
+def test_nc_interop(start):
+    server = start("server", "--port", "0")
+    nc = subprocess.run(["nc", "-N", server.host, str(server.port)],
+                        input=b"from netcat\n", capture_output=True, timeout=10)
+    assert nc.stdout == b"from netcat\n"
+
+
+def test_one_mebibyte_of_random_bytes(start):
+    server = start("server", "--port", "0", "--quiet")
+    payload = os.urandom(MIB)
+    assert roundtrip(server.address, payload) == payload
+
+
+# ----------------------------------------------------------------- processes
+
+def test_twenty_clients_at_once(start):
+    server = start("server", "--port", "0", "--quiet")
+    clients = [tcp_connect(server.address) for _ in range(20)]
+    try:
+        # All twenty are served while all twenty stay connected: twenty children.
+        for i, s in enumerate(clients):
+            line = b"client %d\n" % i
+            assert echo_once(s, line) == line
+        wait_until(lambda: len(live_children(server.pid)) == 20, what="20 live children")
+    finally:
+        for s in clients:
+            s.close()
+    wait_until(lambda: children_of(server.pid) == [], timeout=10, what="children reaped")
+
+
+def test_parent_and_child_each_close_the_descriptor_they_do_not_need(start):
+    server = start("server", "--port", "0", "--quiet")
+    with tcp_connect(server.address) as s:
+        assert echo_once(s, b"x") == b"x"
+        [child] = wait_until(lambda: live_children(server.pid), what="a child")
+        assert socket_fds(server.pid) == 1  # the parent: only the listening socket
+        assert socket_fds(child) == 1       # the child: only its connection
+
+
+def test_hundred_connections_leave_no_zombies_and_no_descriptors(start):
+    server = start("server", "--port", "0", "--quiet")
+    fds = open_fds(server.pid)
+    for i in range(100):
+        with tcp_connect(server.address) as s:
+            line = b"%d\n" % i
+            assert echo_once(s, line) == line
+    wait_until(lambda: children_of(server.pid) == [], timeout=10,
+               what="every child reaped (left: zombies %s)" % zombies(server.pid))
+    assert open_fds(server.pid) == fds
+
+
+def test_max_children_makes_the_next_client_wait(start):
+    server = start("server", "--port", "0", "--max-children", "2")
+    first, second = tcp_connect(server.address), tcp_connect(server.address)
+    assert echo_once(first, b"1\n") == b"1\n"
+    assert echo_once(second, b"2\n") == b"2\n"
+    server.expect(r"^2 children: not accepting until one exits$")
+
+    third = tcp_connect(server.address)  # queued in the backlog, not accepted
+    third.sendall(b"3\n")
+    third.settimeout(0.5)
+    with pytest.raises(socket.timeout):
+        third.recv(10)
+    assert len(live_children(server.pid)) == 2
+
+    first.close()
+    third.settimeout(10)
+    assert recv_exactly(third, 2) == b"3\n"
+    second.close()
+    third.close()
+
+
+def test_reset_mid_stream_is_one_child_s_problem(start):
+    server = start("server", "--port", "0")
+    s = tcp_connect(server.address)
+    s.sendall(b"y" * 300000)
+    linger_reset(s)
+    server.expect(r"^child \d+ exited with status (0|1)$", timeout=10)
+    assert served(server.address)
+
+
+def test_idle_client_is_dropped(start):
+    server = start("server", "--port", "0", "--idle-timeout", "0.5")
+    with tcp_connect(server.address, timeout=10) as silent:
+        assert silent.recv(10) == b""
+    server.expect(r"idle too long", timeout=10)
+    server.expect(r"^child \d+ exited with status 1$", timeout=10)
+
+
+# ----------------------------------------------------------------- stopping
+
+def test_sigterm_ends_parent_and_every_child(start):
+    server = start("server", "--port", "0")
+    clients = [tcp_connect(server.address) for _ in range(3)]
+    for s in clients:
+        assert echo_once(s, b"hi\n") == b"hi\n"
+    kids = wait_until(lambda: len(live_children(server.pid)) == 3 and live_children(server.pid),
+                      what="3 children")
+    assert server.stop(signal.SIGTERM) == 0
+    assert group_alive(server.pid) == []
+    assert all(process_state(k) is None for k in kids)
+    for s in clients:
+        s.settimeout(5)
+        assert s.recv(10) == b""  # each child's end closed the connection
+        s.close()
+    assert server.stdout_lines[-4] == b"stopping on signal 15, ending 3 children"
+    assert all(re.match(rb"^child \d+ killed by signal 15$", line)
+               for line in server.stdout_lines[-3:])
+
+
+def test_sigint_when_idle_exits_0(start):
+    server = start("server", "--port", "0")
+    assert server.stop(signal.SIGINT) == 0
+
+
+def test_sigterm_right_after_a_client_leaves(start):
+    """Signals are blocked outside ppoll(), so none is lost between two calls."""
+    for _ in range(5):
+        server = start("server", "--port", "0", "--quiet")
+        with tcp_connect(server.address) as s:
+            assert echo_once(s, b"x") == b"x"
+        assert server.stop(signal.SIGTERM) == 0
+
+
+# ----------------------------------------------------------------- errors and arguments
+
+def test_no_server_connection_refused(run):
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        result = run("client", "127.0.0.1", str(port), input=b"hi\n")
+    assert result.returncode == 1
+    assert "client: connect 127.0.0.1:%d: Connection refused" % port in result.stderr
+
+
+@pytest.mark.parametrize("prog,args", [
+    ("server", ["--max-children", "0"]),
+    ("server", ["--max-children", "5000"]),
+    ("server", ["--max-children", "many"]),
+    ("server", ["--max-children"]),
+    ("server", ["--port", "-1"]),
+    ("server", ["--bogus"]),
+    ("client", ["--port", "65536"]),
+    ("client", ["--max-children", "2"]),
+])
+def test_bad_arguments_exit_2(run, prog, args):
+    result = run(prog, *args)
+    assert result.returncode == 2
+    assert "usage:" in result.stderr
+    assert result.stdout == b""
+
+
+def test_help_shows_this_lab_s_port(run):
+    for prog in ("server", "client"):
+        result = run(prog, "--help")
+        assert result.returncode == 0
+        assert b"9904" in result.stdout
+    assert b"--max-children" in run("server", "--help").stdout
+
+
+# ----------------------------------------------------------------- fault sweep
+
+def stuff_without_reading(s: socket.socket, cap: int = 64 * MIB) -> None:
+    s.setblocking(False)
+    chunk = b"z" * 65536
+    sent = 0
+    while sent < cap:
+        try:
+            sent += s.send(chunk)
+        except BlockingIOError:
+            if not select.select([], [s], [], 0.5)[1]:
+                break
+    s.setblocking(True)
+
+
+def fault_random_bytes(address):
+    payload = os.urandom(256 * 1024)
+    assert roundtrip(address, payload) == payload
+
+
+def fault_zero_bytes(address):
+    tcp_connect(address).close()
+
+
+def fault_megabyte_without_newline(address):
+    payload = b"m" * MIB
+    assert roundtrip(address, payload) == payload
+
+
+def fault_silent_peer(address):
+    return [tcp_connect(address)]
+
+
+def fault_half_message_then_stall(address):
+    s = tcp_connect(address)
+    s.sendall(b"half a mess")
+    assert recv_exactly(s, 11) == b"half a mess"
+    return [s]
+
+
+def fault_reset_mid_transfer(address):
+    s = tcp_connect(address)
+    s.sendall(b"r" * 300000)
+    linger_reset(s)
+
+
+def fault_half_close(address):
+    with tcp_connect(address) as s:
+        s.sendall(b"bye\n")
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(100):
+            data += chunk
+        assert data == b"bye\n"
+
+
+def fault_never_reads(address):
+    s = tcp_connect(address)
+    stuff_without_reading(s)
+    return [s]
+
+
+def fault_more_clients_than_the_limit(address):
+    """--max-children 4 in the sweep: six silent clients fill it and queue up."""
+    return [tcp_connect(address) for _ in range(6)]
+
+
+FAULTS = [fault_random_bytes, fault_zero_bytes, fault_megabyte_without_newline,
+          fault_silent_peer, fault_half_message_then_stall, fault_reset_mid_transfer,
+          fault_half_close, fault_never_reads, fault_more_clients_than_the_limit]
+
+
+@pytest.mark.faults
+def test_fault_sweep(start):
+    server = start("server", "--port", "0", "--max-children", "4", "--idle-timeout", "1",
+                   "--quiet")
+    fds = open_fds(server.pid)
+    assert served(server.address)
+    rss = rss_kib(server.pid)
+    for fault in FAULTS:
+        began = time.monotonic()
+        leftovers = fault(server.address) or []
+        assert served(server.address), fault.__name__
+        for s in leftovers:
+            s.close()
+        wait_until(lambda: children_of(server.pid) == [] and open_fds(server.pid) == fds,
+                   timeout=10, what="children reaped, descriptors back after " + fault.__name__)
+        assert server.proc.poll() is None, fault.__name__
+        print("%s: served again after %.2fs" % (fault.__name__, time.monotonic() - began))
+    assert rss_kib(server.pid) < rss + 32 * 1024
+    assert server.stop() == 0
