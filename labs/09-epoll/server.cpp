@@ -34,7 +34,7 @@
 namespace {
 
 constexpr std::uint16_t kDefaultPort = 9909;
-constexpr std::size_t kReadChunk = 64 * 1024;      // one read(), into one reusable buffer
+constexpr std::size_t kReadChunk = 65536;          // 64 KiB per read(), one reusable buffer
 constexpr std::size_t kEtBudget = 4 * kReadChunk;  // ET: bytes per connection per turn
 constexpr int kMaxEvents = 1024;                   // events taken per epoll_pwait()
 constexpr long long kDefaultMaxBuffer = 1 << 20;   // --max-buffer: pending echo per client

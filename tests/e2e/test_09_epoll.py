@@ -197,7 +197,8 @@ def test_max_buffer_flag_bounds_the_queue(start, mode):
         except socket.timeout:
             pass
         echo_ok(server)
-        assert rss_kib(server.pid) - before < 2 * 1024
+        grown = rss_kib(server.pid) - before
+        assert grown < 768, "%d KiB: more than --max-buffer 65536 explains" % grown
 
 
 # ------------------------------------------------------------------------- limits
@@ -306,11 +307,13 @@ def test_stop_signal_exits_zero_with_clients_connected(start, mode, signo):
     try:
         assert server.stop(signo) == 0
         server.expect(r"stopping on signal %d" % signo)
-        for s in socks:
+        for s in socks:  # every connection was closed, none left hanging
             s.settimeout(5)
-            data = s.recv(1 << 20)
-            while data:
-                data = s.recv(1 << 20)
+            try:
+                while s.recv(1 << 20):
+                    pass
+            except ConnectionResetError:
+                pass  # closed with our bytes unread: RST instead of FIN, closed all the same
     finally:
         for s in socks:
             s.close()
