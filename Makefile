@@ -3,6 +3,7 @@
 # Every folder labs/NN-name/ with server.cpp and client.cpp is a lab: it builds into
 # $(BUILD)/NN-name/server and $(BUILD)/NN-name/client, linked with common/.
 
+SHELL    := /bin/bash
 CXX      ?= g++
 PYTHON   ?= /usr/bin/python3
 BUILD    ?= build
@@ -44,7 +45,7 @@ SAN_ENV    := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
               UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=86 \
               TSAN_OPTIONS=halt_on_error=1:exitcode=86:second_deadlock_stack=1
 
-.PHONY: all test unit e2e sanitize tsan tour deps clean help format lint
+.PHONY: all test unit e2e sanitize tsan tour deps clean help format lint fuzz valgrind
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -117,3 +118,37 @@ help:
 	@echo "make clean           remove build/ and dist/"
 
 -include $(COMMON_OBJ:.o=.d) $(UNIT_OBJ:.o=.d) $(wildcard $(BUILD)/obj/labs/*/*.d)
+
+# ---------------------------------------------------------------- hardening tools
+
+FUZZ_SECONDS ?= 20
+FUZZERS      := $(patsubst tests/fuzz/%.cpp,%,$(wildcard tests/fuzz/fuzz_*.cpp))
+FUZZ_FLAGS   := -std=c++20 -g -O1 -I. -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+
+# libFuzzer (clang): every parser in common/ and lab 02's relay logic, each for
+# FUZZ_SECONDS, starting from the checked-in seed corpus in tests/fuzz/corpus/NAME.
+fuzz: $(FUZZERS:%=build/fuzz/%)
+	@for f in $(FUZZERS); do \
+	    name=$${f#fuzz_}; mkdir -p build/fuzz/corpus-$$name; \
+	    echo "fuzz: $$f for $(FUZZ_SECONDS)s"; \
+	    build/fuzz/$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 \
+	        -artifact_prefix=build/fuzz/$$f- build/fuzz/corpus-$$name tests/fuzz/corpus/$$name \
+	        2>build/fuzz/$$f.log || { tail -40 build/fuzz/$$f.log; exit 1; }; \
+	    grep -h '^#.*DONE' build/fuzz/$$f.log || tail -1 build/fuzz/$$f.log; \
+	done
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.cpp $(COMMON_SRC) $(wildcard common/*.hpp labs/02-udp-chat/chat.hpp)
+	@mkdir -p $(@D)
+	clang++ $(FUZZ_FLAGS) $< $(COMMON_SRC) -o $@
+
+# clang-tidy with the checked-in .clang-tidy, and clang-format, over the whole tree.
+LINT_SRC := $(wildcard common/*.cpp labs/*/*.cpp tests/unit/*.cpp tests/fuzz/*.cpp tests/load/*.cpp)
+lint:
+	clang-format --dry-run -Werror $(LINT_SRC) $(wildcard common/*.hpp labs/*/*.hpp)
+	clang-tidy --quiet $(LINT_SRC) -- -std=c++20 -I. 2>&1 | grep -v 'warnings generated' ; \
+	    exit $${PIPESTATUS[0]}
+
+# Every lab's tour scenario with each program under memcheck (children followed): no
+# errors, no leaks, no descriptor beyond stdin/stdout/stderr left open at exit.
+valgrind: all
+	$(PYTHON) scripts/tour --bin $(BUILD) --valgrind

@@ -120,57 +120,72 @@ void Args::usage_error(std::string_view reason) const {
     std::exit(kExitUsage);
 }
 
-void Args::positional(std::string_view value, std::size_t index) {
+std::string Args::positional(std::string_view value, std::size_t index) {
     // server [PORT]: index 0 is the port. client [HOST [PORT]]: 0 is the host, 1 the port.
     const bool is_host = positionals_ == Positionals::kHostPort && index == 0;
     const bool is_port = (positionals_ == Positionals::kPort && index == 0) ||
                          (positionals_ == Positionals::kHostPort && index == 1);
-    std::string problem;
-    if (is_host) {
-        problem = find("--host")->accept(value);
-    } else if (is_port) {
-        problem = find("--port")->accept(value);
-    } else {
-        problem = "unexpected argument '" + std::string(value) + "'";
-    }
-    if (!problem.empty()) usage_error(problem);
+    if (is_host) return find("--host")->accept(value);
+    if (is_port) return find("--port")->accept(value);
+    return "unexpected argument '" + std::string(value) + "'";
 }
 
-void Args::parse(int argc, char** argv) {
-    if (argc > 0) set_program_name(argv[0]);
+Args::Outcome Args::try_parse(int argc, char** argv, std::string* problem) {
     std::size_t positional_count = 0;
     bool options_done = false;
     for (int i = 1; i < argc; ++i) {
         const std::string_view arg = argv[i];
         if (options_done || arg.size() < 2 || arg[0] != '-') {
-            positional(arg, positional_count++);
+            *problem = positional(arg, positional_count++);
+            if (!problem->empty()) return Outcome::kError;
             continue;
         }
         if (arg == "--") {
             options_done = true;
             continue;
         }
-        if (arg == "--help" || arg == "-h") {
-            std::fwrite(usage_.data(), 1, usage_.size(), stdout);
-            std::exit(kExitOk);
-        }
+        if (arg == "--help" || arg == "-h") return Outcome::kHelp;
         // --name=value is the same as --name value.
         const auto equals = arg.find('=');
         const bool inline_value = arg.starts_with("--") && equals != std::string_view::npos;
         const std::string_view name = inline_value ? arg.substr(0, equals) : arg;
         const Spec* spec = find(name);
-        if (spec == nullptr) usage_error("unknown option '" + std::string(name) + "'");
+        if (spec == nullptr) {
+            *problem = "unknown option '" + std::string(name) + "'";
+            return Outcome::kError;
+        }
         std::string_view value;
         if (inline_value) {
-            if (!spec->takes_value) usage_error(spec->name + " takes no value");
+            if (!spec->takes_value) {
+                *problem = spec->name + " takes no value";
+                return Outcome::kError;
+            }
             value = arg.substr(equals + 1);
         } else if (spec->takes_value) {
-            if (i + 1 >= argc) usage_error("missing value after " + spec->name);
+            if (i + 1 >= argc) {
+                *problem = "missing value after " + spec->name;
+                return Outcome::kError;
+            }
             value = argv[++i];
         }
-        const std::string problem = spec->accept(value);
-        if (!problem.empty()) usage_error(problem);
+        *problem = spec->accept(value);
+        if (!problem->empty()) return Outcome::kError;
         given_.push_back(spec->name);
+    }
+    return Outcome::kOk;
+}
+
+void Args::parse(int argc, char** argv) {
+    if (argc > 0) set_program_name(argv[0]);
+    std::string problem;
+    switch (try_parse(argc, argv, &problem)) {
+        case Outcome::kOk:
+            return;
+        case Outcome::kHelp:
+            std::fwrite(usage_.data(), 1, usage_.size(), stdout);
+            std::exit(kExitOk);
+        case Outcome::kError:
+            usage_error(problem);
     }
 }
 

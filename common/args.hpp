@@ -46,6 +46,11 @@ class Args {
 
     void parse(int argc, char** argv);
 
+    // The same without exiting, for tests and fuzzing: kHelp when --help was asked for,
+    // kError with the reason in *problem for a bad command line.
+    enum class Outcome { kOk, kHelp, kError };
+    Outcome try_parse(int argc, char** argv, std::string* problem);
+
     // Prints "PROG: REASON" and the usage on stderr, then exits 2. Labs call it for checks
     // that need several options at once (two conflicting flags, say).
     [[noreturn]] void usage_error(std::string_view reason) const;
@@ -69,7 +74,7 @@ class Args {
     const Spec* find(std::string_view arg) const;
     void add(std::string_view name, char short_name, bool takes_value,
              std::function<std::string(std::string_view)> accept);
-    void positional(std::string_view value, std::size_t index);
+    [[nodiscard]] std::string positional(std::string_view value, std::size_t index);
 
     std::string usage_;
     std::vector<Spec> specs_;

@@ -157,6 +157,17 @@ TEST(Args, CustomOptionReportsItsOwnReason) {
                 "prog: bad mode 'xt' \\(want lt or et\\)");
 }
 
+TEST(Args, TryParseReportsInsteadOfExiting) {
+    Argv argv({"prog", "--port", "x"});
+    lab::Args args(kUsage);
+    args.host_port("127.0.0.1", 1, lab::Positionals::kNone);
+    std::string problem;
+    EXPECT_EQ(args.try_parse(argv.argc(), argv.argv(), &problem), lab::Args::Outcome::kError);
+    EXPECT_EQ(problem, "bad port 'x' (want 0 to 65535)");
+    Argv help({"prog", "--help"});
+    EXPECT_EQ(args.try_parse(help.argc(), help.argv(), &problem), lab::Args::Outcome::kHelp);
+}
+
 lab::Endpoint endpoint_for(const std::string& host) {
     Argv argv({"prog", "--host", host, "--port", "5"});
     lab::Args args(kUsage);
