@@ -78,8 +78,7 @@ int main(int argc, char** argv) {
             if (n == -1) lab::die_error("read", server_text, errno);
             if (n == 0) {
                 lab::die("connection closed by " + server_text + " after " +
-                         std::to_string(received) + " of " + std::to_string(sent) +
-                         " bytes");
+                         std::to_string(received) + " of " + std::to_string(sent) + " bytes");
             }
             std::fwrite(buffer.data(), 1, static_cast<std::size_t>(n), stdout);
             received += static_cast<unsigned long long>(n);

@@ -29,7 +29,8 @@ constexpr std::size_t kBufferSize = 16384;
 // A client silent for this long, or not reading its echo, is dropped (--idle-timeout).
 constexpr double kDefaultIdleSeconds = 60;
 
-constexpr const char* kUsage = R"(usage: server [--host ADDR] [--port N] [--idle-timeout SECONDS] [--quiet]
+constexpr const char* kUsage =
+    R"(usage: server [--host ADDR] [--port N] [--idle-timeout SECONDS] [--quiet]
        server [PORT]
 TCP echo server, one client at a time: sends every byte back to the client.
   -H, --host ADDR            address to bind (default 127.0.0.1; :: or 0.0.0.0 for all)

@@ -6,7 +6,6 @@
 // It does so in ordinary code, not in the SIGCHLD handler: there it can log each exit,
 // count the children it still has, and know exactly whom to stop at the end.
 #include <poll.h>
-#include <signal.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -14,6 +13,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -36,7 +36,8 @@ constexpr long long kDefaultMaxChildren = 64;
 constexpr long long kMaxChildrenCeiling = 4096;
 constexpr double kDefaultIdleSeconds = 60;
 
-constexpr const char* kUsage = R"(usage: server [--host ADDR] [--port N] [--max-children N] [--idle-timeout SECONDS] [--quiet]
+constexpr const char* kUsage =
+    R"(usage: server [--host ADDR] [--port N] [--max-children N] [--idle-timeout SECONDS] [--quiet]
        server [PORT]
 TCP echo server, one child process per connection.
   -H, --host ADDR            address to bind (default 127.0.0.1; :: or 0.0.0.0 for all)
@@ -132,7 +133,9 @@ void reap_children(std::vector<pid_t>* children, const lab::Log& log) {
 
 // At shutdown: SIGTERM to every child still running, then wait for each one.
 void stop_children(const std::vector<pid_t>& children, const lab::Log& log) {
-    for (const pid_t pid : children) kill(pid, SIGTERM);
+    for (const pid_t pid : children) {
+        kill(pid, SIGTERM);
+    }
     for (const pid_t pid : children) {
         int status = 0;
         if (waitpid(pid, &status, 0) == pid) log_exit(pid, status, log);
@@ -179,7 +182,9 @@ int main(int argc, char** argv) {
     sigset_t watched;
     sigset_t original_mask;
     sigemptyset(&watched);
-    for (const int signo : {SIGCHLD, SIGINT, SIGTERM}) sigaddset(&watched, signo);
+    for (const int signo : {SIGCHLD, SIGINT, SIGTERM}) {
+        sigaddset(&watched, signo);
+    }
     sigprocmask(SIG_BLOCK, &watched, &original_mask);
 
     lab::Fd listen_fd = open_listener(local);
