@@ -16,6 +16,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/endpoint.hpp"
@@ -93,7 +94,8 @@ public:
             if (client == nullptr) return out;
         }
         client->last_heard = now;
-        if (over_rate(out, *client, now)) return out;
+        // Leaving is never rate-limited: a client that flooded can still say goodbye.
+        if (bytes != "/quit" && over_rate(out, *client, now)) return out;
         if (bytes.empty()) {  // a keepalive: it only refreshes last_heard
             out.log.push_back("keepalive from " + client->name());
         } else if (bytes.find('\n') != std::string_view::npos) {

@@ -346,6 +346,10 @@ def test_rate_limit_drops_the_excess_with_one_notice(start):
     # a's notices were sent before c's marker was relayed to a, so they are all waiting.
     received = recv_upto(a, name_of(c).encode() + b": marker")
     notices = [n for n in received if n.startswith(b"* rate limit: 5 messages a second")]
+    assert 1 <= len(notices) <= windows, received  # one per window, not one per datagram
+    a.sendto(b"/quit", server.sockaddr)  # leaving is never rate-limited
+    left = b"* %s left\n" % name_of(a).encode()
+    assert recv_until(b, left[:-1]) == left
     close_all([a, b, c])
 
 
