@@ -75,6 +75,7 @@ struct Conn {
 
     [[nodiscard]] std::size_t pending() const { return out.size() - sent; }
 };
+static_assert(sizeof(Conn) <= 48, "an idle connection must stay cheap");
 
 class Server {
   public:
