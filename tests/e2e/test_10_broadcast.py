@@ -1,0 +1,307 @@
+"""Lab 10-broadcast: the server sends "broadcast N"; every receiver on the port prints it.
+
+On loopback the sender's default 127.255.255.255 reaches every receiver bound to 0.0.0.0
+on this machine. With root, the same programs run on netlab hosts (network namespaces
+that scripts/netlab creates and always removes) to show that a broadcast reaches every
+host of the sender's subnet and none beyond its router.
+"""
+
+import os
+import random
+import signal
+import socket
+import subprocess
+
+import pytest
+
+from conftest import REPO, Program, needs_root, open_fds, rss_kib, wait_until
+
+NETLAB = REPO / "scripts" / "netlab"
+MAX_IPV4_PAYLOAD = 65507
+FAST = ("--interval", "50")  # milliseconds between datagrams, so that tests stay quick
+
+
+def send(run, port, *extra, count=3):
+    result = run("server", "--port", str(port), "--count", str(count), *FAST, *extra)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def quiet_port() -> int:
+    """A port that no socket of this machine held a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("0.0.0.0", 0))
+        return s.getsockname()[1]
+
+
+def expect_broadcasts(receiver, count=3):
+    for n in range(1, count + 1):
+        assert receiver.read_line(timeout=5) == b"broadcast %d" % n
+
+
+def none_arrive(receivers, within=1.0):
+    """No receiver prints a line within `within` seconds (all waited out together)."""
+    for i, receiver in enumerate(receivers):
+        receiver.no_line(within if i == 0 else 0.05)
+
+
+def python_sender(payload: bytes, port: int, to="127.255.255.255"):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        s.sendto(payload, (to, port))
+
+
+# ----------------------------------------------------------------- the normal path
+
+def test_two_receivers_on_one_port_each_get_every_broadcast(start, run):
+    first = start("client", "--host", "0.0.0.0", "--port", "0")
+    assert first.address.text == "0.0.0.0:%d" % first.port
+    second = start("client", "--port", str(first.port))  # SO_REUSEADDR: the same port
+    result = send(run, first.port)
+    expect_broadcasts(first)
+    expect_broadcasts(second)
+    logged = result.stdout.decode().splitlines()
+    assert logged == ["sent 'broadcast %d' (11 bytes) to 127.255.255.255:%d" % (n, first.port)
+                      for n in (1, 2, 3)]
+
+
+def test_receiver_count_exits_zero_after_n_datagrams(start, run):
+    receiver = start("client", "--port", "0", "--count", "2")
+    send(run, receiver.port)
+    assert receiver.wait(5) == 0
+    assert receiver.stdout_lines[1:] == [b"broadcast 1", b"broadcast 2"]
+    assert receiver.stderr == ""
+
+
+def test_positional_forms(start, run):
+    receiver = start("client", "0.0.0.0", "0", "--count", "1")  # client [HOST [PORT]]
+    result = run("server", str(receiver.port), "--count", "1")  # server [PORT]
+    assert result.returncode == 0, result.stderr
+    assert receiver.wait(5) == 0
+    assert receiver.stdout_lines[1:] == [b"broadcast 1"]
+
+
+def test_receiver_bound_to_127_0_0_1_does_not_see_broadcasts(start, run):
+    wildcard = start("client", "--port", "0")
+    loopback_only = start("client", "--host", "127.0.0.1", "--port", str(wildcard.port))
+    send(run, wildcard.port)
+    expect_broadcasts(wildcard)
+    loopback_only.no_line(1.0)  # 127.255.255.255 is not 127.0.0.1: not for this socket
+
+
+def test_sender_without_receivers_still_succeeds(run):
+    # Broadcast has no receivers to wait for, nor anyone to refuse it.
+    result = send(run, quiet_port(), count=2)
+    assert len(result.lines) == 2
+
+
+def test_quiet_sender_prints_nothing(start, run):
+    receiver = start("client", "--port", "0", "--count", "2")
+    result = send(run, receiver.port, "--quiet", count=2)
+    assert result.stdout == b""
+    assert receiver.wait(5) == 0
+
+
+def test_unicast_destination_reaches_one_receiver_only(start, run):
+    first = start("client", "--port", "0")
+    second = start("client", "--port", str(first.port))
+    send(run, first.port, "--to", "127.0.0.1", count=1)
+    # Unicast to a shared port goes to one socket, not to each: that is what broadcast adds.
+    got = wait_until(lambda: [r for r in (first, second) if len(r.stdout_lines) > 1],
+                     what="a receiver to print")
+    assert got[0].read_line() == b"broadcast 1"
+    none_arrive([first, second], within=0.5)
+    assert len(first.stdout_lines) + len(second.stdout_lines) == 3  # two ready lines, one copy
+
+
+# ---------------------------------------------------- interop with other programs
+
+def test_python_and_socat_senders_reach_the_receiver(start):
+    receiver = start("client", "--port", "0")
+    python_sender(b"from python", receiver.port)
+    assert receiver.read_line() == b"from python"
+    subprocess.run(["socat", "-u", "STDIN",
+                    "UDP4-DATAGRAM:127.255.255.255:%d,broadcast" % receiver.port],
+                   input=b"from socat", check=True, timeout=10)
+    assert receiver.read_line() == b"from socat"
+
+
+def test_python_receiver_gets_the_lab_sender(run):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", 0))
+        s.settimeout(5)
+        send(run, s.getsockname()[1], count=2)
+        assert [s.recvfrom(100)[0] for _ in range(2)] == [b"broadcast 1", b"broadcast 2"]
+
+
+def test_payload_is_binary_safe(start):
+    receiver = start("client", "--port", "0")
+    python_sender(b"a\x00b\xff", receiver.port)
+    assert receiver.read_line() == b"a\x00b\xff"
+    python_sender(b"", receiver.port)  # an empty datagram is a message too
+    assert receiver.read_line() == b""
+
+
+# ------------------------------------------------------------- faults and errors
+
+def test_without_so_broadcast_sendto_is_refused(start, run):
+    receiver = start("client", "--port", "0")
+    result = run("server", "--port", str(receiver.port), "--count", "1", "--no-broadcast-flag")
+    assert result.returncode == 1
+    assert result.stderr == "server: sendto 127.255.255.255:%d: Permission denied\n" % receiver.port
+    receiver.no_line(0.5)
+
+
+@pytest.mark.parametrize("prog,args", [
+    ("server", ["--to", "::1"]),           # IPv6 has no broadcast
+    ("server", ["--to", "300.1.1.1"]),
+    ("server", ["--count", "-1"]),
+    ("server", ["--interval", "soon"]),
+    ("server", ["--port", "65536"]),
+    ("server", ["--no-broadcast-flag=1"]),
+    ("server", ["1", "2"]),
+    ("client", ["--count", "many"]),
+    ("client", ["--host", "999.0.0.1"]),
+    ("client", ["--port"]),
+    ("client", ["--to", "127.255.255.255"]),  # a sender's option
+])
+def test_bad_arguments_exit_2_with_usage(run, prog, args):
+    result = run(prog, *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(prog + ": ")
+    assert "usage:" in result.stderr
+    assert result.stdout == b""
+
+
+@pytest.mark.parametrize("prog", ["server", "client"])
+def test_help_exits_0(run, prog):
+    result = run(prog, "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith(b"usage: " + prog.encode())
+
+
+def test_sigterm_stops_the_receiver_with_status_0(start):
+    receiver = start("client", "--port", "0")
+    assert receiver.stop(signal.SIGTERM, timeout=3) == 0
+
+
+@pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_a_sleeping_sender_at_once(start, signo):
+    # --count 0 sends forever; an hour between datagrams shows the signal ends the wait.
+    sender = start("server", "--port", str(quiet_port()), "--interval", "3600000", ready=False)
+    sender.expect(r"^sent 'broadcast 1'")
+    assert sender.stop(signo, timeout=3) == 0
+    assert sender.stdout_lines[-1] == b"stopping on signal %d" % signo
+
+
+@pytest.mark.faults
+def test_receiver_survives_the_fault_sweep(start, run):
+    receiver = start("client", "--port", "0")
+    port = receiver.port
+    baseline_fds = open_fds(receiver.pid)
+    baseline_rss = rss_kib(receiver.pid)
+    rng = random.Random(10)
+
+    def still_served():
+        send(run, port, count=1)
+        assert receiver.read_line() == b"broadcast 1"
+
+    random_bytes = bytes(rng.randrange(256) for _ in range(512)).replace(b"\n", b".")
+    for payload in (random_bytes, b"", b"x" * MAX_IPV4_PAYLOAD, b"\0" * 100):
+        python_sender(payload, port)
+        assert receiver.read_line() == payload
+        still_served()
+    # Many senders, each from its own port: a receiver keeps no state per sender.
+    for i in range(200):
+        python_sender(b"port %d" % i, port)
+        assert receiver.read_line() == b"port %d" % i
+    # Too big for IPv4: the sender's kernel refuses it; nothing reaches the receiver.
+    with pytest.raises(OSError):
+        python_sender(b"x" * (MAX_IPV4_PAYLOAD + 1), port)
+    for _ in range(30):
+        python_sender(b"y" * MAX_IPV4_PAYLOAD, port)
+        assert len(receiver.read_line()) == MAX_IPV4_PAYLOAD
+    still_served()
+    wait_until(lambda: open_fds(receiver.pid) == baseline_fds, what="fds back to baseline")
+    assert rss_kib(receiver.pid) < baseline_rss + 8 * 1024
+
+
+# ------------------------------------------------- several hosts (needs root)
+
+class Netlab:
+    """scripts/netlab with a namespace prefix of this test run's own."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.env = dict(os.environ, NETLAB_PREFIX=prefix)
+
+    def __call__(self, *args, check=True):
+        return subprocess.run([str(NETLAB), *args], env=self.env, capture_output=True,
+                              timeout=60, check=check)
+
+    def namespaces(self) -> list[str]:
+        out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                             check=True).stdout
+        return sorted(line.split()[0] for line in out.splitlines()
+                      if line.startswith(self.prefix))
+
+    def start(self, lab, host, prog, *args, ready=True) -> Program:
+        """Starts a lab program on a netlab host, stopped by the harness like any other."""
+        p = Program([NETLAB, "exec", host, lab.path(prog), *args], cwd=lab.tmp_path,
+                    env=self.env)
+        lab.programs.append(p)
+        if ready:
+            p.wait_ready()
+        return p
+
+
+def link_names() -> set[str]:
+    """The interfaces of this machine's own network namespace."""
+    return set(os.listdir("/sys/class/net"))
+
+
+@pytest.fixture(scope="module")
+def netlab():
+    net = Netlab("lab-t%d-" % os.getpid())
+    try:
+        net("up")
+        yield net
+    finally:
+        net("down", check=False)  # even when up, or a test, failed
+
+
+@needs_root
+@pytest.mark.netns
+@pytest.mark.parametrize("to", ["10.99.1.255", "255.255.255.255"])
+def test_broadcast_reaches_its_subnet_and_stops_at_the_router(lab, netlab, to):
+    here = [netlab.start(lab, host, "client", "--port", "9910") for host in ("a1", "a2", "a3")]
+    there = [netlab.start(lab, host, "client", "--port", "9910") for host in ("b1", "b2")]
+    sender = netlab.start(lab, "a1", "server", "--to", to, "--count", "3", *FAST, ready=False)
+    assert sender.wait(10) == 0, sender.stderr
+    for receiver in here:  # a1 too: the sender's own host gets a copy
+        expect_broadcasts(receiver)
+    none_arrive(there)
+
+
+@needs_root
+@pytest.mark.netns
+def test_netlab_refuses_non_root_and_cleans_up_after_itself():
+    prefix = "lab-c%d-" % os.getpid()
+    net = Netlab(prefix)
+    denied = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                             str(NETLAB), "up"], env=net.env, capture_output=True, text=True,
+                            timeout=30)
+    assert denied.returncode == 1
+    assert "needs root" in denied.stderr
+    links_before = link_names()
+    try:
+        net("up")
+        assert net.namespaces() == sorted(prefix + h for h in ("a1", "a2", "a3", "b1", "b2",
+                                                               "router"))
+        again = net("up", check=False)
+        assert again.returncode == 1 and b"already up" in again.stderr
+    finally:
+        net("down")
+    assert net.namespaces() == []
+    assert link_names() == links_before  # nothing was added to this machine's own network
