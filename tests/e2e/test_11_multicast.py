@@ -1,0 +1,325 @@
+"""Lab 11-multicast: the server sends "multicast N" to a group; receivers that joined it print it.
+
+On loopback the defaults (group 239.0.0.10, interface 127.0.0.1, TTL 1) keep everything on
+this machine. With root, the programs run on netlab hosts (network namespaces created and
+always removed by scripts/netlab) to show delivery across hosts, IP_MULTICAST_LOOP, and
+IPv6 groups, which Linux's lo does not carry.
+"""
+
+import os
+import random
+import signal
+import socket
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, Program, needs_root, open_fds, rss_kib, wait_until
+
+NETLAB = REPO / "scripts" / "netlab"
+MAX_IPV4_PAYLOAD = 65507
+FAST = ("--interval", "50")  # milliseconds between datagrams, so that tests stay quick
+IP_RECVTTL = getattr(socket, "IP_RECVTTL", 12)
+IP_TTL = getattr(socket, "IP_TTL", 2)
+
+
+def own_group(last: int) -> str:
+    """A group no other test run on this machine uses at the same time."""
+    return "239.%d.%d.%d" % (1 + os.getpid() % 250, (os.getpid() >> 8) % 256, last)
+
+
+def send(run, port, *extra, count=3):
+    result = run("server", "--port", str(port), "--count", str(count), *FAST, *extra)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def expect_multicasts(receiver, count=3):
+    for n in range(1, count + 1):
+        assert receiver.read_line(timeout=5) == b"multicast %d" % n
+
+
+def none_arrive(receivers, within=1.0):
+    """No receiver prints a line within `within` seconds (all waited out together)."""
+    for i, receiver in enumerate(receivers):
+        receiver.no_line(within if i == 0 else 0.05)
+
+
+def python_sender(payload: bytes, port: int, group="239.0.0.10"):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+        s.sendto(payload, (group, port))
+
+
+def igmp_users(group: str, device: str = "lo") -> int:
+    """How many sockets have joined `group` on `device`, from /proc/net/igmp."""
+    want = "%08X" % struct.unpack("<I", socket.inet_aton(group))[0]
+    current = None
+    with open("/proc/net/igmp") as f:
+        for line in f:
+            fields = line.split()
+            if line[0].isdigit():
+                current = fields[1]
+            elif current == device and fields and fields[0] == want:
+                return int(fields[1])
+    return 0
+
+
+# ----------------------------------------------------------------- the normal path
+
+def test_joined_receivers_get_every_multicast_and_another_group_none(start, run):
+    first = start("client", "--port", "0")
+    assert first.address.text == "239.0.0.10:%d" % first.port  # bound to the group itself
+    second = start("client", "--group", "239.0.0.10", "--port", str(first.port))
+    other = start("client", "--group", "239.0.0.11", "--port", str(first.port))
+    result = send(run, first.port)
+    expect_multicasts(first)
+    expect_multicasts(second)
+    none_arrive([other])
+    assert result.stdout.decode().splitlines() == [
+        "sent 'multicast %d' (11 bytes) to 239.0.0.10:%d" % (n, first.port) for n in (1, 2, 3)]
+
+
+def test_receiver_leaves_the_group_when_done(start, run):
+    group = own_group(1)
+    leaving = start("client", "--group", group, "--port", "0", "--count", "1")
+    staying = start("client", "--group", group, "--port", str(leaving.port))
+    wait_until(lambda: igmp_users(group) == 2, what="two members of %s on lo" % group)
+    send(run, leaving.port, "--group", group)
+    assert leaving.wait(5) == 0
+    assert leaving.stdout_lines[1:] == [b"multicast 1"]
+    wait_until(lambda: igmp_users(group) == 1, what="one member left")
+    expect_multicasts(staying)
+    send(run, leaving.port, "--group", group, count=1)  # after the leave: still delivered
+    assert staying.read_line() == b"multicast 1"
+    assert staying.stop() == 0
+    wait_until(lambda: igmp_users(group) == 0, what="no member left")
+
+
+def test_receiver_takes_only_its_group_not_unicast_to_its_port(start, run):
+    receiver = start("client", "--port", "0")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(b"unicast", ("127.0.0.1", receiver.port))
+    send(run, receiver.port, count=1)
+    assert receiver.read_line() == b"multicast 1"
+    none_arrive([receiver], within=0.3)
+
+
+def test_count_exits_zero_and_interface_by_name(start, run):
+    receiver = start("client", "--port", "0", "--interface", "lo", "--count", "2")
+    send(run, receiver.port, "--interface", "lo")
+    assert receiver.wait(5) == 0
+    assert receiver.stdout_lines[1:] == [b"multicast 1", b"multicast 2"]
+
+
+def test_positional_forms(start, run):
+    receiver = start("client", "239.0.0.10", "0", "--count", "1")  # client [HOST [PORT]]
+    result = run("server", str(receiver.port), "--count", "1")  # server [PORT]
+    assert result.returncode == 0, result.stderr
+    assert receiver.wait(5) == 0
+
+
+def test_quiet_sender_prints_nothing(start, run):
+    receiver = start("client", "--port", "0", "--count", "1")
+    assert send(run, receiver.port, "--quiet", count=1).stdout == b""
+    assert receiver.wait(5) == 0
+
+
+# ---------------------------------------------------- interop with other programs
+
+@pytest.mark.parametrize("ttl", [None, 7])
+def test_python_member_sees_the_senders_ttl(run, ttl):
+    group = own_group(2)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((group, 0))
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                     socket.inet_aton(group) + socket.inet_aton("127.0.0.1"))
+        s.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+        s.settimeout(5)
+        send(run, s.getsockname()[1], "--group", group, count=1,
+             *(["--ttl", str(ttl)] if ttl else []))
+        data, ancillary, _, sender = s.recvmsg(100, socket.CMSG_SPACE(4))
+    assert data == b"multicast 1"
+    assert sender[0] == "127.0.0.1"  # it left by the interface 127.0.0.1
+    (level, kind, value), = ancillary
+    assert (level, kind) == (socket.IPPROTO_IP, IP_TTL)
+    assert int.from_bytes(value[:4], sys.byteorder) == (ttl or 1)
+
+
+def test_socat_and_python_senders_reach_the_receiver(start):
+    receiver = start("client", "--port", "0")
+    subprocess.run(["socat", "-u", "STDIN",
+                    "UDP4-DATAGRAM:239.0.0.10:%d,ip-multicast-if=127.0.0.1" % receiver.port],
+                   input=b"from socat", check=True, timeout=10)
+    assert receiver.read_line() == b"from socat"
+    python_sender(b"bin\x00ary\xff", receiver.port)
+    assert receiver.read_line() == b"bin\x00ary\xff"
+    python_sender(b"", receiver.port)
+    assert receiver.read_line() == b""
+
+
+# ------------------------------------------------------------- faults and errors
+
+def test_group_as_interface_fails_like_the_source_notes(run):
+    # The notes pass the group to IP_MULTICAST_IF, which wants a local address.
+    result = run("server", "--interface", "239.0.0.10", "--count", "1")
+    assert result.returncode == 1
+    assert result.stderr == ("server: setsockopt IP_MULTICAST_IF: "
+                             "Cannot assign requested address\n")
+
+
+@pytest.mark.parametrize("prog,args", [
+    ("server", ["--group", "10.0.0.1"]),       # not a multicast address
+    ("client", ["--group", "127.0.0.1"]),
+    ("client", ["--group", "no.such.group.invalid"]),
+    ("server", ["--group", "ff02::10"]),       # IPv6 needs an interface name
+    ("client", ["--group", "ff02::10", "--interface", "127.0.0.1"]),
+    ("server", ["--interface", "no-such-if0"]),
+    ("client", ["--interface", "no-such-if0"]),
+    ("server", ["--ttl", "256"]),
+    ("server", ["--ttl", "-1"]),
+    ("server", ["--loop=1"]),
+    ("server", ["--host", "::1"]),             # IPv4 group, IPv6 source
+    ("client", ["--host", "::1"]),
+    ("client", ["--count", "x"]),
+    ("server", ["--port", "70000"]),
+])
+def test_bad_arguments_exit_2_with_usage(run, prog, args):
+    result = run(prog, *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(prog + ": ")
+    assert "usage:" in result.stderr
+    assert result.stdout == b""
+
+
+@pytest.mark.parametrize("prog", ["server", "client"])
+def test_help_exits_0(run, prog):
+    result = run(prog, "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith(b"usage: " + prog.encode())
+
+
+def test_sigterm_stops_the_receiver_and_it_leaves(start):
+    group = own_group(3)
+    receiver = start("client", "--group", group, "--port", "0")
+    wait_until(lambda: igmp_users(group) == 1, what="the join")
+    assert receiver.stop(signal.SIGTERM, timeout=3) == 0
+    assert receiver.stderr == ""
+    wait_until(lambda: igmp_users(group) == 0, what="the leave")
+
+
+@pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_a_sleeping_sender_at_once(start, signo):
+    sender = start("server", "--group", own_group(4), "--port", "9", "--interval", "3600000",
+                   ready=False)
+    sender.expect(r"^sent 'multicast 1'")
+    assert sender.stop(signo, timeout=3) == 0
+    assert sender.stdout_lines[-1] == b"stopping on signal %d" % signo
+
+
+@pytest.mark.faults
+def test_receiver_survives_the_fault_sweep(start, run):
+    receiver = start("client", "--port", "0")
+    port = receiver.port
+    baseline_fds = open_fds(receiver.pid)
+    baseline_rss = rss_kib(receiver.pid)
+    rng = random.Random(11)
+
+    def still_served():
+        send(run, port, count=1)
+        assert receiver.read_line() == b"multicast 1"
+
+    random_bytes = bytes(rng.randrange(256) for _ in range(512)).replace(b"\n", b".")
+    for payload in (random_bytes, b"", b"x" * MAX_IPV4_PAYLOAD, b"\0" * 100):
+        python_sender(payload, port)
+        assert receiver.read_line() == payload
+        still_served()
+    for i in range(200):  # many senders, each from its own port
+        python_sender(b"port %d" % i, port)
+        assert receiver.read_line() == b"port %d" % i
+    with pytest.raises(OSError):  # too big for IPv4: refused by the sending kernel
+        python_sender(b"x" * (MAX_IPV4_PAYLOAD + 1), port)
+    for _ in range(30):
+        python_sender(b"y" * MAX_IPV4_PAYLOAD, port)
+        assert len(receiver.read_line()) == MAX_IPV4_PAYLOAD
+    still_served()
+    wait_until(lambda: open_fds(receiver.pid) == baseline_fds, what="fds back to baseline")
+    assert rss_kib(receiver.pid) < baseline_rss + 8 * 1024
+
+
+# ------------------------------------------------- several hosts (needs root)
+
+class Netlab:
+    """scripts/netlab with a namespace prefix of this test run's own."""
+
+    def __init__(self, prefix: str):
+        self.env = dict(os.environ, NETLAB_PREFIX=prefix)
+
+    def __call__(self, *args, check=True):
+        return subprocess.run([str(NETLAB), *args], env=self.env, capture_output=True,
+                              timeout=60, check=check)
+
+    def start(self, lab, host, prog, *args, ready=True) -> Program:
+        """Starts a lab program on a netlab host, stopped by the harness like any other."""
+        p = Program([NETLAB, "exec", host, lab.path(prog), *args], cwd=lab.tmp_path,
+                    env=self.env)
+        lab.programs.append(p)
+        if ready:
+            p.wait_ready()
+        return p
+
+
+@pytest.fixture(scope="module")
+def netlab():
+    net = Netlab("lab-u%d-" % os.getpid())
+    try:
+        net("up")
+        yield net
+    finally:
+        net("down", check=False)  # even when up, or a test, failed
+
+
+@needs_root
+@pytest.mark.netns
+@pytest.mark.parametrize("loop", ["--loop", "--no-loop"])
+def test_multicast_reaches_members_on_the_subnet_only(lab, netlab, loop):
+    def receiver(host, group="239.0.0.10"):
+        return netlab.start(lab, host, "client", "--group", group, "--interface", "eth0")
+
+    members = [receiver("a2"), receiver("a3")]
+    same_host = receiver("a1")
+    not_joined = receiver("a3", group="239.0.0.11")
+    other_subnet = receiver("b1")  # joined, but no router forwards multicast to it
+    sender = netlab.start(lab, "a1", "server", "--interface", "10.99.1.1", loop, "--count",
+                          "3", *FAST, ready=False)
+    assert sender.wait(10) == 0, sender.stderr
+    for member in members:
+        expect_multicasts(member)
+    if loop == "--loop":
+        expect_multicasts(same_host)
+        none_arrive([not_joined, other_subnet])
+    else:
+        none_arrive([same_host, not_joined, other_subnet])
+
+
+@needs_root
+@pytest.mark.netns
+@pytest.mark.parametrize("group", ["ff02::10", "ff05::10"])
+def test_ipv6_multicast_across_hosts(lab, netlab, group):
+    def receiver(host, joined=group):
+        return netlab.start(lab, host, "client", "--group", joined, "--interface", "eth0")
+
+    members = [receiver("a2"), receiver("a3")]
+    assert members[0].address.text == ("[ff02::10%eth0]:9911" if group == "ff02::10"
+                                       else "[%s]:9911" % group)
+    not_joined = receiver("a3", joined="ff02::11")
+    other_subnet = receiver("b1")
+    sender = netlab.start(lab, "a1", "server", "--group", group, "--interface", "eth0",
+                          "--count", "3", *FAST, ready=False)
+    assert sender.wait(10) == 0, sender.stderr
+    for member in members:
+        expect_multicasts(member)
+    none_arrive([not_joined, other_subnet])
