@@ -232,7 +232,9 @@ void serve_dgram(int fd, const lab::Log& log) {
             if (errno != EINTR) lab::report_error("recvfrom", "", errno);
             continue;
         }
-        const std::string from = lab::format_address(peer);
+        // An unbound sender has no address at all: recvfrom() sets peer.size to 0.
+        const bool named = peer.size > offsetof(sockaddr_un, sun_path);
+        const std::string from = named ? lab::format_address(peer) : "(unnamed)";
         const auto size = static_cast<std::size_t>(n);
         if (size > buffer.size()) {
             log("from ", from, ": ", size, " bytes, over the ", kBufferSize,
@@ -240,7 +242,7 @@ void serve_dgram(int fd, const lab::Log& log) {
             continue;
         }
         log("from ", from, ": ", size, " bytes");
-        if (peer.size <= offsetof(sockaddr_un, sun_path)) {
+        if (!named) {
             log("cannot reply to ", from, ": the sender did not bind a name");
             continue;
         }
@@ -276,11 +278,11 @@ int main(int argc, char** argv) {
 
     // 2. bind(). The notes unlink() the path first, blindly: that deletes a running
     //    server's socket, or any file at all. Remove it only if it is a stale socket.
-    if (bind_private(sock.get(), local) == -1) {
+    const bool in_use = bind_private(sock.get(), local) == -1;
+    if (in_use) {
         if (errno != EADDRINUSE || where.abstract()) lab::die_error("bind", local_text, errno);
         remove_if_stale(where.path, where.type(), local);
         if (bind_private(sock.get(), local) == -1) lab::die_error("bind", local_text, errno);
-        log("removed a stale socket file at ", local_text);
     }
     // From here on, leave through return, never exit(): SocketFile removes the file.
     std::optional<SocketFile> socket_file;
@@ -292,6 +294,7 @@ int main(int argc, char** argv) {
         return lab::kExitFailure;
     }
     lab::print_ready(where.dgram ? "unix-dgram" : "unix", local_text);
+    if (in_use) log("removed a stale socket file at ", local_text);
     if (where.dgram) {
         serve_dgram(sock.get(), log);
     } else {

@@ -1,0 +1,810 @@
+"""Lab 12-unix-socket: stream and datagram Unix domain sockets, path and abstract names,
+SO_PEERCRED, descriptor passing (SCM_RIGHTS), and a socket file handled safely."""
+
+import array
+import os
+import random
+import select
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+
+import pytest
+
+from conftest import SANITIZER_REPORTS, open_fds, program_path, recv_exactly, rss_kib, wait_until
+
+MIB = 1 << 20
+MAX_NAME = 107  # sun_path is 108 bytes; a path needs its NUL, an abstract name its lead NUL
+MAX_DATAGRAM = 65536  # the server's kBufferSize
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+
+
+def sock_path(tmp_path, name="s.sock"):
+    return str(tmp_path / name)
+
+
+def abstract_name():
+    return "lab12-test-" + uuid.uuid4().hex[:12]
+
+
+def unix_connect(address, timeout=5.0) -> socket.socket:
+    """A connected stream socket. While the server's listen queue is full, connect() fails
+    with EAGAIN at once (a Unix socket never waits like a TCP SYN does): retry until
+    `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(address)
+            return s
+        except BlockingIOError:
+            s.close()
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
+def roundtrip(address, payload: bytes, timeout=10.0) -> bytes:
+    """Writes from a thread while reading the echo: a peer that wrote everything before
+    reading would deadlock once both socket buffers are full."""
+    with unix_connect(address, timeout) as s:
+        writer = threading.Thread(target=s.sendall, args=(payload,), daemon=True)
+        writer.start()
+        echoed = recv_exactly(s, len(payload))
+        writer.join(timeout)
+        return echoed
+
+
+def served(address, timeout=10.0) -> bool:
+    """A fresh stream client gets its echo (within `timeout`: the one-at-a-time server may
+    first have to drop a stalled peer)."""
+    with unix_connect(address, timeout) as s:
+        s.sendall(b"ping\n")
+        return recv_exactly(s, 5) == b"ping\n"
+
+
+def dgram_socket(tmp_path, name, timeout=5.0) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.settimeout(timeout)
+    s.bind(str(tmp_path / name))
+    return s
+
+
+def dgram_served(server, tmp_path) -> bool:
+    name = "fresh-%s.sock" % uuid.uuid4().hex[:8]
+    with dgram_socket(tmp_path, name) as s:
+        s.sendto(b"fresh", server.sockaddr)
+        reply, sender = s.recvfrom(100)
+    os.unlink(tmp_path / name)
+    return reply == b"fresh"
+
+
+def env_with_tmpdir(tmpdir):
+    env = dict(os.environ)
+    env["TMPDIR"] = str(tmpdir)
+    return env
+
+
+def run_with_fd(prog, args, fd, timeout=20.0):
+    """Runs a lab program with `fd` inherited (the harness's run() passes no descriptors)."""
+    p = subprocess.run([str(program_path("12", prog)), *args], pass_fds=[fd],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    for marker in SANITIZER_REPORTS:
+        assert marker not in p.stderr, p.stderr.decode(errors="replace")
+    return p
+
+
+# ----------------------------------------------------------------- stream: the normal path
+
+def test_stream_echo_with_own_client(start, run, tmp_path):
+    path = sock_path(tmp_path)
+    server = start("server", "--path", path)
+    assert server.address.proto == "unix" and server.address.text == path
+    result = run("client", "--path", path, input=b"hello\nworld\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"hello\nworld\n"
+    assert result.stderr == ""
+    server.expect(r"^client pid=\d+ uid=\d+ gid=\d+ connected$")
+    server.expect(r"left after 12 bytes$")
+
+
+def test_default_path_is_lab12_sock_in_the_working_directory(start, run, tmp_path):
+    server = start("server")
+    assert server.address.text == "./lab12.sock"
+    assert stat.S_ISSOCK(os.lstat(tmp_path / "lab12.sock").st_mode)
+    result = run("client", input=b"default\n")
+    assert result.stdout == b"default\n"
+    assert server.stop() == 0
+    assert not (tmp_path / "lab12.sock").exists()
+
+
+def test_stream_echo_with_socat(start, tmp_path):
+    path = sock_path(tmp_path)
+    start("server", "--path", path)
+    p = subprocess.run(["socat", "-t", "5", "-", "UNIX-CONNECT:" + path], input=b"via socat\n",
+                       capture_output=True, timeout=20)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == b"via socat\n"
+
+
+def test_binary_bytes_pass_unchanged(start, run, tmp_path):
+    path = sock_path(tmp_path)
+    start("server", "--path", path)
+    data = b"nul\x00inside\n\xff\xfe\x80\n\x00\n"
+    result = run("client", "--path", path, input=data)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == data
+    every_byte = bytes(range(256)) * 4
+    assert roundtrip(path, every_byte) == every_byte
+
+
+def test_quiet_server_logs_nothing(start, run, tmp_path):
+    path = sock_path(tmp_path)
+    server = start("server", "--path", path, "--quiet")
+    assert run("client", "--path", path, input=b"x\n").stdout == b"x\n"
+    assert server.stop() == 0
+    assert server.stdout_lines == [b"ready: unix " + path.encode()]
+
+
+def test_second_client_waits_until_the_first_leaves(start, tmp_path):
+    path = sock_path(tmp_path)
+    start("server", "--path", path)
+    first = unix_connect(path)
+    first.sendall(b"one\n")
+    assert recv_exactly(first, 4) == b"one\n"
+    with unix_connect(path) as second:  # connect() succeeds: the backlog holds it
+        second.sendall(b"two\n")
+        second.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            second.recv(10)  # the server is still busy with the first client
+        second.settimeout(5)
+        first.close()
+        assert recv_exactly(second, 4) == b"two\n"
+
+
+# ----------------------------------------------------------------- SO_PEERCRED
+
+def test_peercred_logs_the_clients_pid_uid_gid(start, tmp_path):
+    path = sock_path(tmp_path)
+    server = start("server", "--path", path)
+    client = start("client", "--path", path, ready=False)
+    client.write(b"who am i\n")
+    assert client.read_line() == b"who am i"
+    server.expect(r"^client pid=%d uid=%d gid=%d connected$"
+                  % (client.pid, os.getuid(), os.getgid()))
+    client.close_stdin()
+    assert client.wait() == 0
+    server.expect(r"^client pid=%d left after 9 bytes$" % client.pid)
+
+
+def test_peercred_of_a_python_peer(start, tmp_path):
+    path = sock_path(tmp_path)
+    server = start("server", "--path", path)
+    with unix_connect(path) as s:
+        s.sendall(b"x")
+        assert recv_exactly(s, 1) == b"x"
+    server.expect(r"^client pid=%d uid=%d gid=%d connected$" % (os.getpid(), os.getuid(), os.getgid()))
+
+
+# ----------------------------------------------------------------- datagram mode
+
+def test_dgram_two_clients_each_get_their_own_replies(start, tmp_path):
+    path = sock_path(tmp_path)
+    server = start("server", "--path", path, "--dgram")
+    assert server.address.proto == "unix-dgram" and server.address.text == path
+    private = tmp_path / "tmpdir"
+    private.mkdir()
+    env = env_with_tmpdir(private)
+    a = start("client", "--path", path, "--dgram", ready=False, env=env)
+    b = start("client", "--path", path, "--dgram", ready=False, env=env)
+    for i in range(3):
+        a.write(b"from a %d\n" % i)
+        b.write(b"from b %d\n" % i)
+        assert a.read_line() == b"from a %d" % i
+        assert b.read_line() == b"from b %d" % i
+    # Each client bound its own path, in a private 0700 directory; the server saw both.
+    dirs = sorted(private.iterdir())
+    assert len(dirs) == 2
+    for d in dirs:
+        assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
+        assert stat.S_ISSOCK(os.lstat(d / "client.sock").st_mode)
+    senders = {server.expect(r"^from (\S+): 8 bytes$").group(1) for _ in range(6)}
+    assert senders == {str(d / "client.sock").encode() for d in dirs}
+    a.close_stdin()
+    b.close_stdin()
+    assert a.wait() == 0 and b.wait() == 0
+    assert list(private.iterdir()) == []  # both removed their socket and directory
+
+
+def test_dgram_empty_line_is_an_empty_datagram(start, run, tmp_path):
+    path = sock_path(tmp_path)
+    server = start("server", "--path", path, "--dgram")
+    result = run("client", "--path", path, "--dgram", input=b"a\n\nb\x00c\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"a\n\nb\x00c\n"
+    server.expect(r": 0 bytes$")
+
+
+def test_dgram_client_removes_its_socket_on_sigterm(start, tmp_path):
+    path = sock_path(tmp_path)
+    start("server", "--path", path, "--dgram")
+    private = tmp_path / "tmpdir"
+    private.mkdir()
+    client = start("client", "--path", path, "--dgram", ready=False, env=env_with_tmpdir(private))
+    client.write(b"hi\n")
+    assert client.read_line() == b"hi"
+    assert len(list(private.iterdir())) == 1
+    client.send_signal(signal.SIGTERM)
+    client.wait()
+    assert list(private.iterdir()) == []
+
+
+def test_dgram_python_peer_and_an_unbound_sender(start, tmp_path):
+    path = sock_path(tmp_path)
+    server = start("server", "--path", path, "--dgram")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unbound:
+        unbound.sendto(b"no return address", path)
+    server.expect(r"^from \(unnamed\): 17 bytes$")
+    server.expect(r"^cannot reply to \(unnamed\)")
+    with dgram_socket(tmp_path, "peer.sock") as s:
+        s.sendto(b"named", path)
+        assert s.recvfrom(100) == (b"named", path)
+    server.expect(r"^from %s: 5 bytes$" % str(tmp_path / "peer.sock"))
+
+
+def test_dgram_client_gives_up_when_no_reply(start, run, tmp_path):
+    path = sock_path(tmp_path)
+    server = start("server", "--path", path, "--dgram")
+    big = b"x" * (MAX_DATAGRAM + 1) + b"\n"  # over the server's limit: dropped, not echoed
+    result = run("client", "--path", path, "--dgram", "--timeout", "0.5", input=big)
+    assert result.returncode == 1
+    assert "no reply from %s within" % path in result.stderr
+    server.expect(r"65537 bytes, over the 65536-byte limit; dropped$")
+
+
+# ----------------------------------------------------------------- abstract names
+
+def test_abstract_stream(start, run, tmp_path):
+    name = abstract_name()
+    server = start("server", "--abstract", name)
+    assert server.address.text == "@" + name
+    result = run("client", "--abstract", name, input=b"abstract\n")
+    assert result.stdout == b"abstract\n"
+    assert list(tmp_path.iterdir()) == []  # no file anywhere: the name lives in the kernel
+    with unix_connect("\0" + name) as s:
+        s.sendall(b"py\n")
+        assert recv_exactly(s, 3) == b"py\n"
+    assert server.stop() == 0
+
+
+def test_abstract_dgram(start, run, tmp_path):
+    name = abstract_name()
+    server = start("server", "--abstract", name, "--dgram")
+    assert server.address.proto == "unix-dgram" and server.address.text == "@" + name
+    private = tmp_path / "tmpdir"
+    private.mkdir()
+    result = run("client", "--abstract", name, "--dgram", input=b"one\ntwo\n",
+                 env=env_with_tmpdir(private))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"one\ntwo\n"
+    assert list(private.iterdir()) == []
+
+
+def test_abstract_name_is_not_a_path(start, run, tmp_path):
+    name = abstract_name()
+    start("server", "--abstract", name)
+    result = run("client", "--path", name, input=b"x\n")  # a file of that name: none
+    assert result.returncode == 1
+    assert "connect %s: No such file or directory" % name in result.stderr
+
+
+# ----------------------------------------------------------------- --send-fd (SCM_RIGHTS)
+
+def test_send_fd_of_a_file_the_server_cannot_open_by_name(start, tmp_path):
+    """The file is unlinked before the client even starts: it has no name left. The client
+    reaches it through the descriptor it inherited; the server only through the one passed."""
+    path = sock_path(tmp_path)
+    server = start("server", "--path", path)
+    content = b"secret\x00bytes\n" + bytes(range(256)) * 300
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(content)
+    fd = os.open(secret, os.O_RDONLY)
+    try:
+        os.unlink(secret)
+        p = run_with_fd("client", ["--path", path, "--send-fd", "/dev/fd/%d" % fd], fd)
+    finally:
+        os.close(fd)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == content
+    server.expect(r"passed 1 descriptor\(s\)$")
+    server.expect(r"^sent %d bytes of a file received as a descriptor$" % len(content))
+
+
+def test_send_fd_of_a_file_in_an_unreadable_directory(start, run, tmp_path):
+    path = sock_path(tmp_path)
+    start("server", "--path", path)
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    (vault / "note.txt").write_bytes(b"behind a locked door\n")
+    fd = os.open(vault / "note.txt", os.O_RDONLY)
+    try:
+        os.chmod(vault, 0)  # nobody but root can look inside by name now
+        p = run_with_fd("client", ["--path", path, "--send-fd", "/dev/fd/%d" % fd], fd)
+    finally:
+        os.chmod(vault, 0o700)
+        os.close(fd)
+    assert p.returncode == 0, p.stderr.decode()
+    assert p.stdout == b"behind a locked door\n"
+
+
+def test_send_fd_of_an_ordinary_file_and_an_empty_one(start, run, tmp_path):
+    path = sock_path(tmp_path)
+    start("server", "--path", path)
+    (tmp_path / "f.txt").write_bytes(b"plain\n")
+    (tmp_path / "empty").write_bytes(b"")
+    result = run("client", "--path", path, "--send-fd", "f.txt")
+    assert (result.returncode, result.stdout) == (0, b"plain\n"), result.stderr
+    result = run("client", "--path", path, "--send-fd", "empty")
+    assert (result.returncode, result.stdout) == (0, b""), result.stderr
+
+
+def test_send_fd_missing_file_exits_1(run, tmp_path):
+    result = run("client", "--path", sock_path(tmp_path), "--send-fd", "no-such-file")
+    assert result.returncode == 1
+    assert "client: open no-such-file: No such file or directory" in result.stderr
+
+
+def test_send_fd_larger_than_the_limit_is_reported(start, run, tmp_path):
+    path = sock_path(tmp_path)
+    server = start("server", "--path", path)
+    (tmp_path / "big").write_bytes((b"b" * 1023 + b"\n") * 1024 + b"0123456789")
+    result = run("client", "--path", path, "--send-fd", "big")
+    assert result.returncode == 1
+    assert len(result.stdout) == MIB
+    assert "got %d bytes back; big has %d" % (MIB, MIB + 10) in result.stderr
+    server.expect(r"^sent %d bytes" % MIB)
+
+
+# ----------------------------------------------------------------- the socket file
+
+def test_socket_file_is_created_0600_whatever_the_umask(start, tmp_path):
+    path = sock_path(tmp_path)
+    start("server", "--path", path, preexec=lambda: os.umask(0))
+    mode = os.lstat(path).st_mode
+    assert stat.S_ISSOCK(mode)
+    assert stat.S_IMODE(mode) == 0o600
+
+
+@needs_root
+def test_permissions_keep_other_users_out(start):
+    """Connecting needs write permission on the socket file: 0600 shuts out everyone but
+    the owner; opening it up with chmod lets them in."""
+    probe = ("import socket,sys\n"
+             "s = socket.socket(socket.AF_UNIX)\n"
+             "try:\n    s.connect(sys.argv[1]); print('connected')\n"
+             "except OSError as e:\n    print(e.strerror)\n")
+    # tmp_path's parents are 0700; another user needs a directory it may enter.
+    shared = tempfile.mkdtemp(prefix="lab12-perm-")
+    try:
+        os.chmod(shared, 0o755)
+        path = os.path.join(shared, "s.sock")
+        start("server", "--path", path)
+
+        def connect_as_nobody():
+            return subprocess.run(["/usr/bin/python3", "-c", probe, path], user=65534,
+                                  group=65534, capture_output=True, timeout=20).stdout
+
+        assert connect_as_nobody() == b"Permission denied\n"
+        os.chmod(path, 0o666)
+        assert connect_as_nobody() == b"connected\n"
+    finally:
+        for entry in os.listdir(shared):
+            os.unlink(os.path.join(shared, entry))
+        os.rmdir(shared)
+
+
+@pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT])
+def test_path_removed_on_signal(start, tmp_path, signo):
+    path = sock_path(tmp_path)
+    server = start("server", "--path", path)
+    assert os.path.exists(path)
+    assert server.stop(signo) == 0
+    assert not os.path.exists(path)
+    server_dgram = start("server", "--path", path, "--dgram")
+    assert server_dgram.stop(signo) == 0
+    assert not os.path.exists(path)
+
+
+def test_sigterm_with_a_client_connected_exits_0(start, tmp_path):
+    path = sock_path(tmp_path)
+    server = start("server", "--path", path)
+    with unix_connect(path) as s:
+        s.sendall(b"hold\n")
+        assert recv_exactly(s, 5) == b"hold\n"
+        assert server.stop() == 0  # blocked in recvmsg() on this client: EINTR, then out
+    assert not os.path.exists(path)
+
+
+def test_stale_socket_is_removed_and_reused(start, run, tmp_path):
+    path = sock_path(tmp_path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as crashed:
+        crashed.bind(path)  # closing does not remove the file: a crashed server's leftover
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    server = start("server", "--path", path)
+    server.expect(r"^removed a stale socket file at %s$" % path)
+    assert run("client", "--path", path, input=b"fresh\n").stdout == b"fresh\n"
+
+
+def test_live_servers_path_is_not_stolen(start, run, tmp_path):
+    path = sock_path(tmp_path)
+    first = start("server", "--path", path)
+    inode = os.lstat(path).st_ino
+    for mode in ([], ["--dgram"]):
+        second = run("server", "--path", path, *mode)
+        assert second.returncode == 1
+        assert second.stderr == "server: bind %s: Address already in use\n" % path
+        assert second.stdout == b""  # never ready
+    assert os.lstat(path).st_ino == inode
+    assert run("client", "--path", path, input=b"still mine\n").stdout == b"still mine\n"
+    assert first.proc.poll() is None
+
+
+def test_live_abstract_name_is_not_stolen(start, run):
+    name = abstract_name()
+    start("server", "--abstract", name)
+    second = run("server", "--abstract", name)
+    assert second.returncode == 1
+    assert "bind @%s: Address already in use" % name in second.stderr
+
+
+@pytest.mark.parametrize("kind", ["regular file", "directory", "symlink"])
+def test_something_else_at_the_path_is_left_alone(run, tmp_path, kind):
+    path = tmp_path / "s.sock"
+    if kind == "regular file":
+        path.write_bytes(b"precious\n")
+    elif kind == "directory":
+        path.mkdir()
+        (path / "inside").write_bytes(b"precious\n")
+    else:
+        (tmp_path / "target").write_bytes(b"precious\n")
+        path.symlink_to(tmp_path / "target")
+    before = os.lstat(path)
+    result = run("server", "--path", str(path))
+    assert result.returncode == 1
+    assert "server: bind %s: Address already in use (not a socket; left alone)" % path \
+        in result.stderr
+    after = os.lstat(path)
+    assert (after.st_ino, after.st_mode, after.st_mtime_ns) == \
+        (before.st_ino, before.st_mode, before.st_mtime_ns)
+    if kind == "regular file":
+        assert path.read_bytes() == b"precious\n"
+    elif kind == "directory":
+        assert (path / "inside").read_bytes() == b"precious\n"
+    else:
+        assert (tmp_path / "target").read_bytes() == b"precious\n"
+
+
+def test_longest_path_fits_and_one_byte_more_is_refused(start, run, tmp_path):
+    prefix = str(tmp_path) + "/"
+    longest = prefix + "a" * (MAX_NAME - len(prefix))
+    assert len(longest) == MAX_NAME
+    server = start("server", "--path", longest)
+    assert server.address.text == longest
+    assert run("client", "--path", longest, input=b"fits\n").stdout == b"fits\n"
+    assert server.stop() == 0
+    too_long = longest + "b"
+    for prog in ("server", "client"):
+        result = run(prog, "--path", too_long)
+        assert result.returncode == 2, prog
+        assert "socket path is 108 bytes; sun_path holds at most 107" in result.stderr
+        assert "usage:" in result.stderr
+    assert not os.path.exists(too_long)  # refused, not truncated to 107 bytes and bound
+    assert not os.path.exists(too_long[:-1])
+
+
+def test_abstract_name_too_long_is_refused(run):
+    result = run("server", "--abstract", "n" * (MAX_NAME + 1))
+    assert result.returncode == 2
+    assert "abstract name is 108 bytes; sun_path holds at most 107" in result.stderr
+
+
+# ----------------------------------------------------------------- errors and arguments
+
+def test_client_without_a_server(run, tmp_path):
+    path = sock_path(tmp_path)
+    result = run("client", "--path", path, input=b"x\n")
+    assert result.returncode == 1
+    assert result.stderr == "client: connect %s: No such file or directory\n" % path
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as gone:
+        gone.bind(path)  # a file, but nobody bound to it once closed
+    private = tmp_path / "tmpdir"
+    private.mkdir()
+    result = run("client", "--path", path, "--dgram", input=b"x\n", env=env_with_tmpdir(private))
+    assert result.returncode == 1
+    assert result.stderr == "client: connect %s: Connection refused\n" % path
+    assert list(private.iterdir()) == []  # the private directory went even on failure
+
+
+@pytest.mark.parametrize("prog,args", [
+    ("server", ["--no-such-flag"]),
+    ("server", ["--port", "70000"]),
+    ("server", ["--port", "nine"]),
+    ("server", ["extra"]),
+    ("server", ["--path"]),
+    ("server", ["--path", ""]),
+    ("server", ["--abstract", ""]),
+    ("server", ["--path", "a.sock", "--abstract", "b"]),
+    ("server", ["--idle-timeout", "0"]),
+    ("server", ["--idle-timeout", "soon"]),
+    ("server", ["--dgram=yes"]),
+    ("client", ["--no-such-flag"]),
+    ("client", ["--port", "70000"]),
+    ("client", ["--host", "127.0.0.1"]),
+    ("client", ["--timeout", "-1"]),
+    ("client", ["--send-fd", "f", "--dgram"]),
+    ("client", ["--send-fd", ""]),
+    ("client", ["--abstract", "x", "--path", "y"]),
+])
+def test_bad_arguments_exit_2(run, tmp_path, prog, args):
+    result = run(prog, *args)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(prog + ": ")
+    assert lines[1].startswith("usage: " + prog)
+    assert result.stdout == b""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help(run):
+    for prog in ("server", "client"):
+        result = run(prog, "--help")
+        assert result.returncode == 0
+        assert result.stdout.startswith(b"usage: " + prog.encode())
+        for flag in (b"--path", b"--abstract", b"--dgram"):
+            assert flag in result.stdout
+
+
+# ----------------------------------------------------------------- the fault sweep
+
+def send_fds(sock, payload, fds):
+    sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+
+
+def fault_random_bytes(path):
+    data = random.Random(12).randbytes(200_000)
+    assert roundtrip(path, data) == data
+
+
+def fault_zero_bytes(path):
+    unix_connect(path).close()
+
+
+def fault_megabyte_without_newline(path):
+    data = b"m" * MIB
+    assert roundtrip(path, data) == data
+
+
+def fault_silent_peer(path):
+    return [unix_connect(path)]
+
+
+def fault_half_message_then_stall(path):
+    s = unix_connect(path)
+    s.sendall(b"half a li")
+    return [s]
+
+
+def fault_reset_mid_transfer(path):
+    # Unix sockets have no RST: closing with unread data makes the server's next write
+    # fail with EPIPE or its read with ECONNRESET.
+    s = unix_connect(path)
+    s.sendall(b"r" * 300_000)
+    s.close()
+
+
+def fault_half_close(path):
+    with unix_connect(path) as s:
+        s.sendall(b"bye\n")
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(100):
+            data += chunk
+        assert data == b"bye\n"
+
+
+def fault_never_reads(path):
+    """Writes until nothing moves: the server is then blocked writing its echo to us."""
+    s = unix_connect(path)
+    s.setblocking(False)
+    sent = 0
+    while sent < 64 * MIB:
+        try:
+            sent += s.send(b"n" * 65536)
+        except BlockingIOError:
+            if not select.select([], [s], [], 1.0)[1]:
+                break  # nothing moved for a second: every buffer is full
+        except OSError:
+            break  # the server has already dropped us (EPIPE)
+    return [s]
+
+
+def fault_pipe_descriptor(path):
+    read_end, write_end = os.pipe()  # a pipe would block the server's read forever
+    try:
+        with unix_connect(path) as s:
+            send_fds(s, b"\0", [read_end])
+            s.shutdown(socket.SHUT_WR)
+            assert s.recv(100) == b""
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def fault_too_many_descriptors(path):
+    fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(20)]
+    try:
+        with unix_connect(path) as s:
+            send_fds(s, b"\0", fds)
+            s.shutdown(socket.SHUT_WR)
+            assert s.recv(100) == b""  # /dev/null is not a regular file: nothing back
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def fault_descriptor_then_vanish(path):
+    fd = os.open(os.devnull, os.O_RDONLY)
+    s = unix_connect(path)
+    send_fds(s, b"\0", [fd])
+    s.close()  # the passed descriptor is in flight; the server must still close its copy
+    os.close(fd)
+
+
+def fault_full_backlog(path):
+    """More clients than the listen queue holds: a Unix stream connect() to a full queue
+    fails with EAGAIN (non-blocking) instead of being dropped like a TCP SYN."""
+    silent = unix_connect(path)
+    queued, refused = [], 0
+    for _ in range(60):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(path)
+            queued.append(s)
+        except BlockingIOError:
+            refused += 1
+            s.close()
+    assert refused > 0 and len(queued) >= 16
+    for s in queued:
+        s.close()
+    return [silent]
+
+
+STREAM_FAULTS = [fault_random_bytes, fault_zero_bytes, fault_megabyte_without_newline,
+                 fault_silent_peer, fault_half_message_then_stall, fault_reset_mid_transfer,
+                 fault_half_close, fault_never_reads, fault_pipe_descriptor,
+                 fault_too_many_descriptors, fault_descriptor_then_vanish, fault_full_backlog]
+
+
+@pytest.mark.faults
+def test_stream_fault_sweep(start, tmp_path):
+    path = sock_path(tmp_path)
+    server = start("server", "--path", path, "--idle-timeout", "1", "--quiet")
+    fds = open_fds(server.pid)  # idle: standard streams and the listening socket
+    assert served(path)
+    rss = rss_kib(server.pid)
+    for fault in STREAM_FAULTS:
+        began = time.monotonic()
+        leftovers = fault(path) or []
+        assert served(path), fault.__name__  # after dropping a stalled peer if need be
+        for s in leftovers:
+            s.close()
+        wait_until(lambda: open_fds(server.pid) == fds, timeout=10,
+                   what="descriptors back to %d after %s" % (fds, fault.__name__))
+        assert server.proc.poll() is None, fault.__name__
+        print("%s: served again after %.2fs" % (fault.__name__, time.monotonic() - began))
+    assert rss_kib(server.pid) < rss + 32 * 1024
+    assert server.stop() == 0
+    assert not os.path.exists(path)
+
+
+@pytest.mark.faults
+def test_stream_logs_the_faults(start, tmp_path):
+    path = sock_path(tmp_path)
+    server = start("server", "--path", path, "--idle-timeout", "0.5")
+    with unix_connect(path):
+        server.expect(r"^client pid=\d+ idle too long \(recvmsg\); dropped$")
+    fault_too_many_descriptors(path)
+    server.expect(r"too many descriptors; extras closed$")
+    server.expect(r"^refused a passed descriptor: not a regular file$")
+    hog = fault_never_reads(path)
+    server.expect(r"idle too long \(write\); dropped$")
+    hog[0].close()
+
+
+def dgram_fault_random_bytes(server, tmp_path):
+    with dgram_socket(tmp_path, "rand.sock") as s:
+        data = random.Random(7).randbytes(4000)
+        s.sendto(data, server.sockaddr)
+        assert s.recv(MAX_DATAGRAM) == data
+
+
+def dgram_fault_empty_and_largest(server, tmp_path):
+    with dgram_socket(tmp_path, "sizes.sock") as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * MAX_DATAGRAM)
+        for size in (0, MAX_DATAGRAM):
+            s.sendto(b"z" * size, server.sockaddr)
+            assert s.recv(MAX_DATAGRAM + 1) == b"z" * size
+
+
+def dgram_fault_oversized(server, tmp_path):
+    with dgram_socket(tmp_path, "big.sock") as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * MAX_DATAGRAM)
+        s.sendto(b"o" * (MAX_DATAGRAM + 1000), server.sockaddr)  # dropped, no reply
+        s.sendto(b"after", server.sockaddr)
+        assert s.recv(MAX_DATAGRAM) == b"after"
+
+
+def dgram_fault_many_senders(server, tmp_path):
+    senders = [dgram_socket(tmp_path, "many-%d.sock" % i) for i in range(60)]
+    try:
+        for i, s in enumerate(senders):
+            s.sendto(b"%d" % i, server.sockaddr)
+        for i, s in enumerate(senders):
+            assert s.recv(100) == b"%d" % i
+    finally:
+        for i, s in enumerate(senders):
+            s.close()
+            os.unlink(tmp_path / ("many-%d.sock" % i))
+
+
+def dgram_fault_unbound_sender(server, tmp_path):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(b"anonymous", server.sockaddr)
+
+
+def dgram_fault_sender_vanished(server, tmp_path):
+    s = dgram_socket(tmp_path, "vanish.sock")
+    s.sendto(b"reply to nobody", server.sockaddr)
+    s.close()
+    os.unlink(tmp_path / "vanish.sock")
+
+
+def dgram_fault_never_reads(server, tmp_path):
+    """Fills its own receive queue; the server's sendto gets EAGAIN (MSG_DONTWAIT) and
+    goes on serving the others while this client is still there."""
+    hog = dgram_socket(tmp_path, "hog.sock")
+    for _ in range(100):
+        hog.sendto(b"h", server.sockaddr)
+    return [hog]
+
+
+DGRAM_FAULTS = [dgram_fault_random_bytes, dgram_fault_empty_and_largest, dgram_fault_oversized,
+                dgram_fault_many_senders, dgram_fault_unbound_sender,
+                dgram_fault_sender_vanished, dgram_fault_never_reads]
+
+
+@pytest.mark.faults
+def test_dgram_fault_sweep(start, tmp_path):
+    path = sock_path(tmp_path)
+    server = start("server", "--path", path, "--dgram", "--quiet")
+    fds = open_fds(server.pid)
+    assert dgram_served(server, tmp_path)
+    rss = rss_kib(server.pid)
+    for fault in DGRAM_FAULTS:
+        leftovers = fault(server, tmp_path) or []
+        assert dgram_served(server, tmp_path), fault.__name__
+        for s in leftovers:
+            s.close()
+        assert open_fds(server.pid) == fds, fault.__name__
+        assert server.proc.poll() is None, fault.__name__
+    assert rss_kib(server.pid) < rss + 32 * 1024
+    assert server.stop() == 0
+    assert "sendto" in server.stderr  # the vanished sender and the hog were reported
+    assert not os.path.exists(path)
