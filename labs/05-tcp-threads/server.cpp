@@ -99,6 +99,8 @@ private:
 // A worker thread: echoes one client until it leaves. The thread owns `conn`, so the
 // descriptor is closed when the thread returns, on every path.
 void serve(lab::Fd conn, std::string peer, Connections& connections, const lab::Log& log) {
+    // A name that `ps -L`, `top -H` and /proc/PID/task/*/comm show (at most 15 bytes).
+    pthread_setname_np(pthread_self(), "worker");
     std::vector<char> buffer(kBufferSize);
     for (;;) {
         // 6. read(): blocks this thread only; the others go on serving their clients.
@@ -192,11 +194,11 @@ int main(int argc, char** argv) {
     Connections connections(static_cast<std::size_t>(max_clients));
     std::map<std::thread::id, std::thread> workers;  // touched by main only
     while (wait_for_client(listen_fd.get(), wait_mask)) {
+        join_ended(connections, workers);
         // 4. accept(): ppoll() said a connection is queued.
         lab::Endpoint peer_address;
         lab::Fd conn(accept4(listen_fd.get(), peer_address.addr(), &peer_address.size,
                              SOCK_CLOEXEC));
-        join_ended(connections, workers);
         if (!conn) {
             // ECONNABORTED: the client gave up while queued. EMFILE: out of descriptors;
             // pause, or ppoll() would report the same queued client again at once.

@@ -31,6 +31,27 @@ def served(address) -> bool:
     return True
 
 
+def workers(pid: int) -> int:
+    """The server's worker threads: it names them "worker" (sanitizers add threads of
+    their own, so the total alone says less)."""
+    count = 0
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+                count += f.read().strip() == "worker"
+        except OSError:
+            pass  # the thread ended while we looked
+    return count
+
+
+def idle_baseline(server) -> tuple[int, int]:
+    """Threads and descriptors of an idle server, measured after one client has come and
+    gone (a sanitizer starts its own helper thread along with the first worker)."""
+    assert served(server.address)
+    wait_until(lambda: workers(server.pid) == 0, what="no worker threads left")
+    return thread_count(server.pid), open_fds(server.pid)
+
+
 def reset(sock: socket.socket) -> None:
     """Closes with SO_LINGER 0: the kernel sends RST instead of FIN."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -103,8 +124,7 @@ def test_one_mebibyte_of_binary_data(start):
 
 def test_fifty_clients_at_once_each_on_its_own_thread(start):
     server = start("server", "--port", "0", "--quiet")
-    idle_threads = thread_count(server.pid)
-    idle_fds = open_fds(server.pid)
+    idle_threads, idle_fds = idle_baseline(server)
     clients = [tcp_connect(server.address) for _ in range(50)]
     try:
         # All 50 are served while every one of them stays connected: an iterative server
@@ -113,6 +133,7 @@ def test_fifty_clients_at_once_each_on_its_own_thread(start):
             s.sendall(b"client %d\n" % i)
         for i, s in enumerate(clients):
             assert recv_exactly(s, len(b"client %d\n" % i)) == b"client %d\n" % i
+        assert workers(server.pid) == 50
         assert thread_count(server.pid) == idle_threads + 50
         assert open_fds(server.pid) == idle_fds + 50
     finally:
@@ -120,6 +141,7 @@ def test_fifty_clients_at_once_each_on_its_own_thread(start):
             s.close()
     wait_until(lambda: thread_count(server.pid) == idle_threads, timeout=10,
                what="thread count back to its idle value %d" % idle_threads)
+    assert workers(server.pid) == 0
     wait_until(lambda: open_fds(server.pid) == idle_fds, what="descriptors back to baseline")
 
 
@@ -209,7 +231,7 @@ def test_sigterm_wakes_threads_blocked_in_read(start):
         for s in clients:
             s.sendall(b"hello\n")
             assert recv_exactly(s, 6) == b"hello\n"
-        wait_until(lambda: thread_count(server.pid) >= 4, what="three workers")
+        wait_until(lambda: workers(server.pid) == 3, what="three workers")
         assert server.stop() == 0
         assert "stopping on signal 15: closing 3 connections" in \
             b"\n".join(server.stdout_lines).decode()
@@ -299,8 +321,7 @@ FAULTS = [fault_random_bytes, fault_connect_and_close, fault_megabyte_without_ne
 @pytest.mark.faults
 def test_fault_sweep(start):
     server = start("server", "--port", "0", "--quiet", "--max-clients", "4")
-    idle_fds, idle_threads = open_fds(server.pid), thread_count(server.pid)
-    assert served(server.address)
+    idle_threads, idle_fds = idle_baseline(server)
     rss_before = rss_kib(server.pid)
     # Peers that connect and send nothing, or half a message and stall, stay connected
     # through the whole sweep: they hold two of the four places and nobody else notices.
@@ -312,7 +333,8 @@ def test_fault_sweep(start):
         held = idle_threads + 2
 
         def settled():  # every other worker has ended and released its place
-            return thread_count(server.pid) == held and open_fds(server.pid) == idle_fds + 2
+            return (workers(server.pid) == 2 and thread_count(server.pid) == held
+                    and open_fds(server.pid) == idle_fds + 2)
 
         for fault in FAULTS:
             fault(server.address)
