@@ -47,13 +47,12 @@ Unix domain socket echo client: sends each line of stdin, prints what comes back
 
 using Clock = std::chrono::steady_clock;
 
-// 1. socket() and 2. connect(): no bind(), the client's end stays unnamed. An invalid
-//    Fd comes back on failure, with errno saying why.
-lab::Fd connect_stream(const lab::Endpoint& server) {
+// 1. socket() and 2. connect(): no bind(), the client's end stays unnamed.
+lab::Fd connect_stream(const lab::Endpoint& server, const std::string& server_text) {
     lab::Fd sock(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!sock) return sock;
+    if (!sock) lab::die_error("socket", "", errno);
     while (connect(sock.get(), server.addr(), server.size) == -1) {
-        if (errno != EINTR) return lab::Fd();
+        if (errno != EINTR) lab::die_error("connect", server_text, errno);
     }
     return sock;
 }
@@ -61,8 +60,7 @@ lab::Fd connect_stream(const lab::Endpoint& server) {
 // ---------------------------------------------------------------- stream: like lab 03
 
 int run_stream(const lab::Endpoint& server, const std::string& server_text) {
-    const lab::Fd sock = connect_stream(server);
-    if (!sock) lab::die_error("connect", server_text, errno);
+    const lab::Fd sock = connect_stream(server, server_text);
     // 3. A stream has no message boundaries: read until the echo has caught up with
     //    everything sent, however the bytes are split into reads.
     lab::LineReader input(STDIN_FILENO);
@@ -119,8 +117,7 @@ int run_send_fd(const lab::Endpoint& server, const std::string& server_text,
     if (!file) lab::die_error("open", file_name, errno);
     struct stat st {};
     if (fstat(file.get(), &st) == -1) lab::die_error("fstat", file_name, errno);
-    const lab::Fd sock = connect_stream(server);
-    if (!sock) lab::die_error("connect", server_text, errno);
+    const lab::Fd sock = connect_stream(server, server_text);
     if (!pass_descriptor(sock.get(), file.get())) lab::die_error("sendmsg", server_text, errno);
     // 4. shutdown(SHUT_WR): nothing more from us; the server answers, then closes.
     if (shutdown(sock.get(), SHUT_WR) == -1) lab::die_error("shutdown", server_text, errno);
@@ -209,8 +206,9 @@ bool exchange(int sock, const std::string& line, const std::string& server_text,
     for (;;) {
         if (!wait_readable(sock, deadline)) {
             if (!lab::stop_requested()) {
-                lab::report("no reply from " + server_text + " within " + std::to_string(timeout) +
-                            "s");
+                char seconds[32];
+                std::snprintf(seconds, sizeof seconds, "%gs", timeout);
+                lab::report("no reply from " + server_text + " within " + seconds);
             }
             return false;
         }

@@ -65,7 +65,8 @@ void remove_if_stale(const std::string& path, int type, const lab::Endpoint& loc
     if (!S_ISSOCK(st.st_mode)) {
         lab::die_message("bind", path, "Address already in use (not a socket; left alone)");
     }
-    const lab::Fd probe(socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
+    // Non-blocking, or a live server with a full listen queue would hold us in connect().
+    const lab::Fd probe(socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
     if (!probe) lab::die_error("socket", "", errno);
     // Only ECONNREFUSED proves that no socket is bound to the file any more.
     if (connect(probe.get(), local.addr(), local.size) == 0 || errno != ECONNREFUSED) {
@@ -184,20 +185,28 @@ void serve_client(int fd, const timeval& idle, const lab::Log& log) {
     while (!lab::stop_requested()) {
         Received got = receive(fd, buffer, control);
         if (got.size == -1 && errno == EINTR) continue;
-        if (got.size == -1) return log_failure("recvmsg", errno, who, log);
-        if (got.size == 0) return log("client ", who, " left after ", total, " bytes");
+        if (got.size == -1) {
+            log_failure("recvmsg", errno, who, log);
+            return;
+        }
+        if (got.size == 0) {
+            log("client ", who, " left after ", total, " bytes");
+            return;
+        }
         total += static_cast<unsigned long long>(got.size);
         if (got.fds_truncated) log("client ", who, ": too many descriptors; extras closed");
         if (!got.fds.empty()) {
             log("client ", who, ": passed ", got.fds.size(), " descriptor(s)");
             if (!send_file(fd, got.fds.front().get(), buffer, log)) {
-                return log_failure("write", errno, who, log);
+                log_failure("write", errno, who, log);
+                return;
             }
             continue;  // the Fds close every passed descriptor here, used or not
         }
         log("client ", who, ": ", got.size, " bytes");
         if (!lab::write_all(fd, buffer.data(), static_cast<std::size_t>(got.size))) {
-            return log_failure("write", errno, who, log);
+            log_failure("write", errno, who, log);
+            return;
         }
     }
 }

@@ -264,7 +264,7 @@ def test_dgram_client_gives_up_when_no_reply(start, run, tmp_path):
     big = b"x" * (MAX_DATAGRAM + 1) + b"\n"  # over the server's limit: dropped, not echoed
     result = run("client", "--path", path, "--dgram", "--timeout", "0.5", input=big)
     assert result.returncode == 1
-    assert "no reply from %s within" % path in result.stderr
+    assert "client: no reply from %s within 0.5s" % path in result.stderr
     server.expect(r"65537 bytes, over the 65536-byte limit; dropped$")
 
 
