@@ -33,9 +33,9 @@ namespace {
 
 constexpr std::uint16_t kDefaultPort = 9905;
 constexpr long long kDefaultMaxClients = 64;
-constexpr long long kMostClients = 4096;     // upper bound for --max-clients
-constexpr int kBacklog = 128;                // connections the kernel queues before accept()
-constexpr std::size_t kBufferSize = 16384;   // one read() per loop turn, any size works
+constexpr long long kMostClients = 4096;    // upper bound for --max-clients
+constexpr int kBacklog = 128;               // connections the kernel queues before accept()
+constexpr std::size_t kBufferSize = 16384;  // one read() per loop turn, any size works
 constexpr std::string_view kBusyReply = "server busy\n";
 constexpr std::chrono::milliseconds kBusyPause{100};  // after accept() fails with EMFILE
 
@@ -53,7 +53,7 @@ TCP echo server, one thread per connection.
 // The connections being served. Main adds one per accept and, on SIGTERM, shuts them all
 // down; each worker removes its own as it ends. One mutex guards all of it.
 class Connections {
-public:
+  public:
     explicit Connections(std::size_t max) : max_(max) {}
 
     // Takes a place for fd, or returns false when max connections are already served.
@@ -82,14 +82,15 @@ public:
     // SHUT_RDWR wakes a thread blocked in read() (it returns 0) or write() (EPIPE).
     void shutdown_all() {
         const std::lock_guard<std::mutex> guard(mutex_);
-        for (const int fd : live_) shutdown(fd, SHUT_RDWR);
+        for (const int fd : live_)
+            shutdown(fd, SHUT_RDWR);
     }
     std::size_t count() {
         const std::lock_guard<std::mutex> guard(mutex_);
         return live_.size();
     }
 
-private:
+  private:
     std::mutex mutex_;
     std::vector<int> live_;
     std::vector<std::thread::id> ended_;
@@ -97,8 +98,9 @@ private:
 };
 
 // A worker thread: echoes one client until it leaves. The thread owns `conn`, so the
-// descriptor is closed when the thread returns, on every path.
-void serve(lab::Fd conn, std::string peer, Connections& connections, const lab::Log& log) {
+// descriptor is closed when the thread returns, on every path. (std::thread keeps its
+// own copy of every argument, so `peer` stays valid for as long as the thread runs.)
+void serve(lab::Fd conn, const std::string& peer, Connections& connections, const lab::Log& log) {
     // A name that `ps -L`, `top -H` and /proc/PID/task/*/comm show (at most 15 bytes).
     pthread_setname_np(pthread_self(), "worker");
     std::vector<char> buffer(kBufferSize);
@@ -197,8 +199,8 @@ int main(int argc, char** argv) {
         join_ended(connections, workers);
         // 4. accept(): ppoll() said a connection is queued.
         lab::Endpoint peer_address;
-        lab::Fd conn(accept4(listen_fd.get(), peer_address.addr(), &peer_address.size,
-                             SOCK_CLOEXEC));
+        lab::Fd conn(
+            accept4(listen_fd.get(), peer_address.addr(), &peer_address.size, SOCK_CLOEXEC));
         if (!conn) {
             // ECONNABORTED: the client gave up while queued. EMFILE: out of descriptors;
             // pause, or ppoll() would report the same queued client again at once.
@@ -217,8 +219,7 @@ int main(int argc, char** argv) {
         // 5. One thread per connection. The Fd is moved into it: from now on the thread
         //    alone owns the descriptor, and no shared fixed-size table is needed.
         try {
-            std::thread worker(serve, std::move(conn), peer, std::ref(connections),
-                               std::cref(log));
+            std::thread worker(serve, std::move(conn), peer, std::ref(connections), std::cref(log));
             const std::thread::id id = worker.get_id();
             workers.emplace(id, std::move(worker));
         } catch (const std::system_error& e) {
@@ -232,6 +233,7 @@ int main(int argc, char** argv) {
     log("stopping on signal ", lab::stop_signal(), ": closing ", connections.count(),
         " connections");
     connections.shutdown_all();
-    for (auto& [id, worker] : workers) worker.join();
+    for (auto& [id, worker] : workers)
+        worker.join();
     return lab::kExitOk;
 }

@@ -93,8 +93,8 @@ int main(int argc, char** argv) {
     const long long received = print_reply(sock.get(), server_text);
     if (sent < 0) return lab::kExitFailure;
     if (received != sent) {
-        lab::die("got " + std::to_string(received) + " bytes back from " + server_text +
-                 " for " + std::to_string(sent) + " sent");
+        lab::die("got " + std::to_string(received) + " bytes back from " + server_text + " for " +
+                 std::to_string(sent) + " sent");
     }
     // 6. close() (by the Fd). We sent the first FIN, so our side now waits in TIME_WAIT.
     return lab::kExitOk;

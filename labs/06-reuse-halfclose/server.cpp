@@ -35,7 +35,8 @@ constexpr double kDefaultTimeout = 10.0;                    // seconds a peer ma
 constexpr int kBacklog = 128;
 constexpr std::size_t kChunk = 65536;  // bytes asked of one read()
 
-constexpr const char* kUsage = R"(usage: server [--host ADDR] [--port N] [--max-bytes N] [--timeout SECONDS]
+constexpr const char* kUsage =
+    R"(usage: server [--host ADDR] [--port N] [--max-bytes N] [--timeout SECONDS]
               [--no-reuseaddr] [--reuseport] [--quiet]
        server [PORT]
 Half-close echo server: reads until the client shuts down its sending side, then sends
@@ -87,14 +88,16 @@ Wait wait_readable(int fd, double timeout, const sigset_t& wait_mask) {
 
 // Reads until end of stream into `data`. Returns false (having told the peer why, where
 // that helps) when the peer stalls, sends too much, resets, or the server is stopping.
-bool receive_all(int fd, const std::string& peer, const Options& options,
-                 const sigset_t& wait_mask, std::vector<char>& data) {
+bool receive_all(int fd, const std::string& peer, const Options& options, const sigset_t& wait_mask,
+                 std::vector<char>& data) {
     const auto limit = static_cast<std::size_t>(options.max_bytes);
     for (;;) {
+        // 6. read() only once ppoll() says there is something: a silent peer times out.
         const Wait waited = wait_readable(fd, options.timeout, wait_mask);
         if (waited == Wait::kStop) return false;
         if (waited == Wait::kTimedOut) {
-            lab::report_message("read", peer, "nothing for " + seconds_text(options.timeout) + "; dropped");
+            lab::report_message("read", peer,
+                                "nothing for " + seconds_text(options.timeout) + "; dropped");
             return false;
         }
         // Ask for one byte more than the limit allows, so "over the limit" is detectable.
@@ -111,23 +114,24 @@ bool receive_all(int fd, const std::string& peer, const Options& options,
         if (data.size() > limit) {
             const std::string reply =
                 "server: more than " + std::to_string(limit) + " bytes; closing\n";
-            lab::report_message("read", peer, "more than " + std::to_string(limit) + " bytes; closed");
+            lab::report_message("read", peer,
+                                "more than " + std::to_string(limit) + " bytes; closed");
             (void)lab::write_all(fd, reply);  // best effort: the peer may be gone already
             return false;
         }
     }
 }
 
-// One client: 5. read to end of stream, 6. write it all back, 7. close.
-void serve(lab::Fd conn, const std::string& peer, const Options& options,
-           const sigset_t& wait_mask, const lab::Log& log) {
+// One client: 6. read to end of stream, 7. write it all back, 8. close.
+void serve(lab::Fd conn, const std::string& peer, const Options& options, const sigset_t& wait_mask,
+           const lab::Log& log) {
     log("pid ", getpid(), ": ", peer, " connected");
     // A peer that never reads its reply would block write() forever: give up after
     // --timeout seconds instead (write() then fails with EAGAIN).
     timeval send_limit{};
     send_limit.tv_sec = static_cast<time_t>(options.timeout);
-    send_limit.tv_usec = static_cast<suseconds_t>(
-        (options.timeout - static_cast<double>(send_limit.tv_sec)) * 1e6);
+    send_limit.tv_usec =
+        static_cast<suseconds_t>((options.timeout - static_cast<double>(send_limit.tv_sec)) * 1e6);
     setsockopt(conn.get(), SOL_SOCKET, SO_SNDTIMEO, &send_limit, sizeof send_limit);
 
     std::vector<char> data;
@@ -136,17 +140,18 @@ void serve(lab::Fd conn, const std::string& peer, const Options& options,
         return;  // the Fd closes the connection
     }
     log(peer, " sent ", data.size(), " bytes and shut down its side; sending them back");
-    // 6. Our sending half is still open after the client's FIN: that is the half-close.
+    // 7. Our sending half is still open after the client's FIN: that is the half-close.
     if (!lab::write_all(conn.get(), data.data(), data.size())) {
         const int err = errno;
         if (err == EAGAIN) {
-            lab::report_message("write", peer, "reply not read for " + seconds_text(options.timeout) + "; dropped");
+            lab::report_message(
+                "write", peer, "reply not read for " + seconds_text(options.timeout) + "; dropped");
         } else {
             lab::report_error("write", peer, err);
         }
         return;
     }
-    // 7. close() (by the Fd): our FIN answers the client's. The client closed first, so
+    // 8. close() (by the Fd): our FIN answers the client's. The client closed first, so
     //    the client's side, not ours, waits in TIME_WAIT.
     log(peer, " done");
 }
@@ -212,6 +217,7 @@ int main(int argc, char** argv) {
 
     // One client at a time: the lesson is the close sequence, not concurrency.
     while (wait_readable(listen_fd.get(), -1, wait_mask) == Wait::kReady) {
+        // 5. accept()
         lab::Endpoint peer;
         lab::Fd conn(accept4(listen_fd.get(), peer.addr(), &peer.size, SOCK_CLOEXEC));
         if (!conn) {
