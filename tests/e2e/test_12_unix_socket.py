@@ -785,6 +785,23 @@ def dgram_fault_never_reads(server, tmp_path):
     return [hog]
 
 
+def test_dgram_server_recovers_when_a_non_reader_of_large_replies_leaves(start, tmp_path):
+    """Queued replies are charged to the server's send buffer: a peer that never reads
+    large ones can exhaust it (see the handout's pitfalls). The server must not block;
+    when that peer goes, everyone is served again."""
+    path = sock_path(tmp_path)
+    server = start("server", "--path", path, "--dgram", "--quiet")
+    hog = dgram_socket(tmp_path, "hog.sock")
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * MIB)
+    for _ in range(20):
+        hog.sendto(b"h" * 60000, path)
+    wait_until(lambda: "sendto %s: Resource temporarily unavailable" % (tmp_path / "hog.sock")
+               in server.stderr, what="EAGAIN for the non-reader")
+    hog.close()
+    assert dgram_served(server, tmp_path)
+    assert server.proc.poll() is None
+
+
 DGRAM_FAULTS = [dgram_fault_random_bytes, dgram_fault_empty_and_largest, dgram_fault_oversized,
                 dgram_fault_many_senders, dgram_fault_unbound_sender,
                 dgram_fault_sender_vanished, dgram_fault_never_reads]
