@@ -35,6 +35,7 @@ constexpr long long kDefaultMaxBuffer = 1 << 20;  // pending echo per client bef
 // Descriptors that are not clients: stdin, stdout, stderr, the listening socket, the spare.
 constexpr long long kReservedFds = 5;
 constexpr long long kMaxClientsLimit = 1000000;  // the largest --max-clients accepted
+constexpr long long kMaxBufferLimit = 1LL << 30;  // the largest --max-buffer accepted
 constexpr timespec kAcceptRetry{1, 0};  // paused accepting (no descriptors): retry after this
 constexpr std::string_view kBusy = "server busy\n";
 
@@ -265,7 +266,7 @@ int main(int argc, char** argv) {
     lab::Args args(kUsage);
     args.host_port("127.0.0.1", kDefaultPort, lab::Positionals::kPort);
     args.option("--max-clients", &max_clients, 1, kMaxClientsLimit);
-    args.option("--max-buffer", &max_buffer, 1, 1LL << 30);
+    args.option("--max-buffer", &max_buffer, 1, kMaxBufferLimit);
     args.flag("--quiet", &quiet);
     args.parse(argc, argv);
     const lab::Endpoint local = args.endpoint(SOCK_STREAM);

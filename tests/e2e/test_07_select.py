@@ -265,6 +265,32 @@ def test_half_close_gets_whole_echo_then_eof(start):
         assert read_to_end(s) == payload
 
 
+def test_clients_leaving_together_do_not_disturb_the_rest(start):
+    # Removal moves the last client into the gap; the one moved must still be served in
+    # the same pass, and its buffer must travel with it.
+    server = start("server", "--port", "0", "--quiet")
+    baseline = open_fds(server.pid)
+    socks = [tcp_connect(server.address) for _ in range(60)]
+    try:
+        for rnd in range(5):
+            wait_until(lambda: open_fds(server.pid) == baseline + len(socks), what="all in")
+            staying = []
+            for i, s in enumerate(socks):
+                if i % 2 == rnd % 2 and len(socks) > 4:
+                    reset(s) if i % 4 else s.close()
+                else:
+                    s.sendall(b"%d stays in round %d\n" % (i, rnd))
+                    staying.append((i, s))
+            for i, s in staying:
+                want = b"%d stays in round %d\n" % (i, rnd)
+                assert recv_exactly(s, len(want)) == want
+            socks = [s for _, s in staying] + [tcp_connect(server.address) for _ in range(10)]
+    finally:
+        for s in socks:
+            s.close()
+    fds_back_to(server, baseline)
+
+
 # ------------------------------------------------------------------------- limits
 
 def test_max_clients_one_more_gets_server_busy(start):
