@@ -168,7 +168,7 @@ def test_idle_client_is_dropped(start):
     server = start("server", "--port", "0", "--idle-timeout", "0.5")
     with tcp_connect(server.address, timeout=10) as silent:
         assert silent.recv(10) == b""  # the server closed it
-    assert "idle too long" in server.stderr
+    wait_until(lambda: "idle too long" in server.stderr, what="the report on stderr")
     assert served(server.address)
 
 
