@@ -34,7 +34,7 @@ constexpr std::size_t kReadChunk = 16384;         // most bytes read from one cl
 constexpr long long kDefaultMaxBuffer = 1 << 20;  // pending echo per client before we stop reading
 // Descriptors that are not clients: stdin, stdout, stderr, the listening socket, the spare.
 constexpr long long kReservedFds = 5;
-constexpr long long kMaxClientsLimit = 1000000;  // the largest --max-clients accepted
+constexpr long long kMaxClientsLimit = 1000000;   // the largest --max-clients accepted
 constexpr long long kMaxBufferLimit = 1LL << 30;  // the largest --max-buffer accepted
 constexpr timespec kAcceptRetry{1, 0};  // paused accepting (no descriptors): retry after this
 constexpr std::string_view kBusy = "server busy\n";
@@ -128,8 +128,8 @@ bool shed_connection(Server& server) {
 void accept_clients(Server& server) {
     for (;;) {
         lab::Endpoint peer;
-        lab::Fd fd(accept4(server.listen_fd.get(), peer.addr(), &peer.size,
-                           SOCK_NONBLOCK | SOCK_CLOEXEC));
+        lab::Fd fd(
+            accept4(server.listen_fd.get(), peer.addr(), &peer.size, SOCK_NONBLOCK | SOCK_CLOEXEC));
         if (!fd) {
             if (errno == EINTR || errno == ECONNABORTED) continue;
             if (errno == EMFILE || errno == ENFILE) {
@@ -244,8 +244,8 @@ void serve(Server& server, const sigset_t& wait_mask) {
         if (ready == 0) server.accept_paused = false;  // the pause is over: try again
         for (std::size_t i = 0; i < server.clients.size();) {
             const int fd = server.clients[i].fd.get();
-            if (serve_client(server.clients[i], FD_ISSET(fd, &readable),
-                             FD_ISSET(fd, &writable), server)) {
+            if (serve_client(server.clients[i], FD_ISSET(fd, &readable), FD_ISSET(fd, &writable),
+                             server)) {
                 ++i;
             } else {
                 remove_client(server, i);  // i now holds the former last client: serve it too

@@ -34,7 +34,7 @@ constexpr std::size_t kReadChunk = 16384;         // most bytes read from one cl
 constexpr long long kDefaultMaxBuffer = 1 << 20;  // pending echo per client before we stop reading
 // Descriptors that are not clients: stdin, stdout, stderr, the listening socket, the spare.
 constexpr long long kReservedFds = 5;
-constexpr long long kMaxClientsLimit = 1000000;  // the largest --max-clients accepted
+constexpr long long kMaxClientsLimit = 1000000;   // the largest --max-clients accepted
 constexpr long long kMaxBufferLimit = 1LL << 30;  // the largest --max-buffer accepted
 constexpr timespec kAcceptRetry{1, 0};  // paused accepting (no descriptors): retry after this
 constexpr std::string_view kBusy = "server busy\n";
@@ -128,8 +128,8 @@ bool shed_connection(Server& server) {
 void accept_clients(Server& server) {
     for (;;) {
         lab::Endpoint peer;
-        lab::Fd fd(accept4(server.listen_fd.get(), peer.addr(), &peer.size,
-                           SOCK_NONBLOCK | SOCK_CLOEXEC));
+        lab::Fd fd(
+            accept4(server.listen_fd.get(), peer.addr(), &peer.size, SOCK_NONBLOCK | SOCK_CLOEXEC));
         if (!fd) {
             if (errno == EINTR || errno == ECONNABORTED) continue;
             if (errno == EMFILE || errno == ENFILE) {
