@@ -335,6 +335,9 @@ def test_send_fd_of_a_file_in_an_unreadable_directory(start, run, tmp_path):
     fd = os.open(vault / "note.txt", os.O_RDONLY)
     try:
         os.chmod(vault, 0)  # nobody but root can look inside by name now
+        if os.geteuid() != 0:
+            with pytest.raises(PermissionError):
+                open(vault / "note.txt", "rb")
         p = run_with_fd("client", ["--path", path, "--send-fd", "/dev/fd/%d" % fd], fd)
     finally:
         os.chmod(vault, 0o700)
