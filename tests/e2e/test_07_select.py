@@ -341,7 +341,6 @@ def test_out_of_descriptors_neither_spins_nor_stops(start):
             s.close()
 
 
-@pytest.mark.slow
 def test_more_connections_than_fd_setsize_are_refused(start):
     if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 1300:
         pytest.skip("needs a hard descriptor limit of 1300 to go past FD_SETSIZE")

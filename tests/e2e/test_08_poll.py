@@ -341,7 +341,6 @@ def test_out_of_descriptors_neither_spins_nor_stops(start):
             s.close()
 
 
-@pytest.mark.slow
 def test_more_clients_than_fd_setsize_are_all_served(start):
     # Where select() must refuse (lab 07), poll() takes descriptors of any value.
     if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 1300:
