@@ -72,7 +72,8 @@ lab::Endpoint bind_endpoint(const lab::Args& args, const lab::Endpoint& group,
     lab::Endpoint local = group;
     if (!args.host().empty()) local = args.endpoint(SOCK_DGRAM);  // --host or HOST
     if (local.family() != group.family()) {
-        args.usage_error("bad --host '" + args.host() + "' (want an address of the group's family)");
+        args.usage_error("bad --host '" + args.host() +
+                         "' (want an address of the group's family)");
     }
     if (local.family() == AF_INET6) {
         auto* in6 = reinterpret_cast<sockaddr_in6*>(&local.storage);
@@ -94,8 +95,7 @@ int main(int argc, char** argv) {
     args.option("--count", &count, 0, 1'000'000'000);
     args.parse(argc, argv);
     const lab::Endpoint group = mcast::group_endpoint(args, group_name, args.port());
-    const mcast::Interface interface =
-        mcast::parse_interface(args, interface_name, group.family());
+    const mcast::Interface interface = mcast::parse_interface(args, interface_name, group.family());
     const lab::Endpoint local = bind_endpoint(args, group, interface);
     const std::string group_text = lab::format_address(group);
 

@@ -15,7 +15,7 @@
 
 namespace mcast {
 
-constexpr const char* kDefaultGroup = "239.0.0.10";   // administratively scoped: this site only
+constexpr const char* kDefaultGroup = "239.0.0.10";     // administratively scoped: this site only
 constexpr const char* kDefaultInterface = "127.0.0.1";  // loopback: nothing leaves this machine
 
 // An interface as the socket options want it. IPv4 accepts a local address or an index
@@ -52,8 +52,9 @@ inline Interface parse_interface(const lab::Args& args, const std::string& text,
         return chosen;
     }
     if (family == AF_INET6 && !args.given("--interface")) {
-        args.usage_error("an IPv6 group needs --interface NAME (eth0, say): IPv6 multicast "
-                         "goes out of one interface, chosen by index");
+        args.usage_error(
+            "an IPv6 group needs --interface NAME (eth0, say): IPv6 multicast "
+            "goes out of one interface, chosen by index");
     }
     chosen.index = if_nametoindex(text.c_str());
     if (chosen.index == 0) {

@@ -68,8 +68,7 @@ bool pause_unless_stopped(long long ms, const sigset_t& while_waiting) {
     return !lab::stop_requested();
 }
 
-void set_option(int fd, int level, int name, const void* value, socklen_t size,
-                const char* what) {
+void set_option(int fd, int level, int name, const void* value, socklen_t size, const char* what) {
     if (setsockopt(fd, level, name, value, size) == -1) lab::die_error(what, "", errno);
 }
 
@@ -80,7 +79,8 @@ void set_multicast_options(int fd, int family, const mcast::Interface& interface
         // IP_MULTICAST_IF wants a local interface (address or index), not the group.
         const ip_mreqn via{{}, interface.address, static_cast<int>(interface.index)};
         set_option(fd, IPPROTO_IP, IP_MULTICAST_IF, &via, sizeof via, "setsockopt IP_MULTICAST_IF");
-        set_option(fd, IPPROTO_IP, IP_MULTICAST_TTL, &ttl, sizeof ttl, "setsockopt IP_MULTICAST_TTL");
+        set_option(fd, IPPROTO_IP, IP_MULTICAST_TTL, &ttl, sizeof ttl,
+                   "setsockopt IP_MULTICAST_TTL");
         set_option(fd, IPPROTO_IP, IP_MULTICAST_LOOP, &loop, sizeof loop,
                    "setsockopt IP_MULTICAST_LOOP");
     } else {
@@ -116,10 +116,9 @@ int main(int argc, char** argv) {
     args.flag("--quiet", &quiet);
     args.parse(argc, argv);
     const lab::Endpoint group = mcast::group_endpoint(args, group_name, args.port());
-    const mcast::Interface interface =
-        mcast::parse_interface(args, interface_name, group.family());
-    const std::string host = args.given("--host") ? args.host()
-                             : group.family() == AF_INET ? "0.0.0.0" : "::";
+    const mcast::Interface interface = mcast::parse_interface(args, interface_name, group.family());
+    std::string host = group.family() == AF_INET ? "0.0.0.0" : "::";  // any local address
+    if (args.given("--host")) host = args.host();
     const lab::Resolution local = lab::resolve(host, 0, SOCK_DGRAM);
     if (!local.ok() || local.endpoints.front().family() != group.family()) {
         args.usage_error("bad --host '" + host + "' (want a local address of the group's family)");
@@ -148,8 +147,7 @@ int main(int argc, char** argv) {
     for (long long n = 1; (count == 0 || n <= count) && !lab::stop_requested(); ++n) {
         if (n > 1 && !pause_unless_stopped(interval_ms, while_waiting)) break;
         const std::string message = "multicast " + std::to_string(n);
-        if (sendto(sock.get(), message.data(), message.size(), 0, group.addr(), group.size) ==
-            -1) {
+        if (sendto(sock.get(), message.data(), message.size(), 0, group.addr(), group.size) == -1) {
             lab::die_error("sendto", group_text, errno);
         }
         log("sent '", message, "' (", message.size(), " bytes) to ", group_text);
