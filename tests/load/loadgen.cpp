@@ -11,6 +11,9 @@
 //   window    the full load, counted: round trips, latency histogram, server CPU
 //   drain     no new messages; wait for those in flight
 //
+// --idle-connections M adds M connections that join and then sit, as most of a real
+// server's connections do: what it costs a server to watch many while serving a few.
+//
 // --idle instead joins N connections, reads the server's memory, and checks that every
 // connection still echoes: how many connections a model holds, and what each one costs.
 //
@@ -55,8 +58,8 @@ constexpr std::int64_t kScanEveryNs = 50'000'000;  // how often timeouts are loo
 
 constexpr const char* kUsage =
     R"(usage: loadgen --port N [--host ADDR] [--udp] [--connections N] [--depth K] [--size S]
-               [--duration SECONDS] [--warmup SECONDS] [--server-pid PID] [--idle]
-               [--connect-batch N] [--timeout SECONDS] [--json]
+               [--idle-connections M] [--duration SECONDS] [--warmup SECONDS]
+               [--server-pid PID] [--idle] [--connect-batch N] [--timeout SECONDS] [--json]
 Closed-loop load for an echo server on this machine (loopback addresses only).
   -H, --host ADDR          server address (default 127.0.0.1)
   -p, --port N             server port (required)
@@ -64,6 +67,7 @@ Closed-loop load for an echo server on this machine (loopback addresses only).
       --connections N      connections, or UDP sockets (default 1)
       --depth K            messages in flight per connection (default 1)
       --size S             bytes per message (default 64; UDP needs at least 17)
+      --idle-connections M M more connections that join and then send nothing (default 0)
       --duration SECONDS   measured window (default 2)
       --warmup SECONDS     load before the window, not counted (default 0.5)
       --server-pid PID     read this process's CPU and memory, with its descendants
@@ -83,6 +87,7 @@ std::int64_t now_ns() {
 struct Options {
     bool udp = false;
     long long connections = 1;
+    long long idle_connections = 0;
     long long depth = 1;
     long long size = 64;
     double duration = 2.0;
@@ -343,7 +348,8 @@ class LoadGen {
 public:
     LoadGen(const Options& options, const lab::Endpoint& server)
         : opt_(options), server_(server), size_(static_cast<std::size_t>(options.size)),
-          conns_(static_cast<std::size_t>(options.connections)), buffer_(kReadChunk) {
+          conns_(static_cast<std::size_t>(options.connections + options.idle_connections)),
+          buffer_(kReadChunk) {
         epoll_.reset(epoll_create1(EPOLL_CLOEXEC));
         if (!epoll_) lab::die_error("epoll_create1", "", errno);
     }
@@ -687,7 +693,9 @@ Report LoadGen::run() {
         report_.unfinished = in_flight_;
     } else {
         phase_ = Phase::kWarmup;
-        for (std::size_t i = 0; i < conns_.size(); ++i) send_messages(i, opt_.depth);
+        // The busy connections come first; the rest stay quiet after joining.
+        const auto busy = static_cast<std::size_t>(opt_.connections);
+        for (std::size_t i = 0; i < busy; ++i) send_messages(i, opt_.depth);
         run_until(now_ns() + static_cast<std::int64_t>(opt_.warmup * 1e9));
         report_.window_start = sample_server(pid, false);
         const double client_cpu = process_cpu_seconds();
@@ -732,6 +740,7 @@ std::vector<std::pair<std::string, std::string>> figures(const Options& o, const
     f.emplace_back("mode", json_string(o.idle ? "idle" : "load"));
     f.emplace_back("proto", json_string(o.udp ? "udp" : "tcp"));
     add("connections", static_cast<double>(o.connections));
+    add("idle_connections", static_cast<double>(o.idle_connections));
     add("depth", static_cast<double>(o.depth));
     add("size", static_cast<double>(o.size));
     add("joined", static_cast<double>(r.joined));
@@ -826,6 +835,7 @@ int main(int argc, char** argv) {
     args.host_port("127.0.0.1", 0, lab::Positionals::kNone);
     args.flag("--udp", &o.udp);
     args.option("--connections", &o.connections, 1, 1'000'000);
+    args.option("--idle-connections", &o.idle_connections, 0, 1'000'000);
     args.option("--depth", &o.depth, 1, 4096);
     args.option("--size", &o.size, 1, 1 << 20);
     args.option("--duration", &o.duration, 0.01, 3600.0);
@@ -850,7 +860,7 @@ int main(int argc, char** argv) {
 
     lab::ignore_sigpipe();  // a server that resets a connection must not kill the generator
     lab::install_stop_handlers();
-    raise_fd_limit(o.connections);
+    raise_fd_limit(o.connections + o.idle_connections);
 
     LoadGen generator(o, server);
     const Report report = generator.run();
