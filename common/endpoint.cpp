@@ -88,6 +88,8 @@ std::string format_unix(const sockaddr* sa, socklen_t size) {
 }  // namespace
 
 std::string format_address(const sockaddr* sa, socklen_t size) {
+    // recvfrom() reports size 0 for a datagram from an unbound Unix socket.
+    if (size < sizeof(sa_family_t)) return "(unnamed)";
     if (sa->sa_family == AF_UNIX) return format_unix(sa, size);
     if (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) {
         return "(family " + std::to_string(sa->sa_family) + ")";

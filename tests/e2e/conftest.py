@@ -125,11 +125,12 @@ def parse_ready(line: str) -> Address:
 class Program:
     """One running lab program, in its own process group, with its output collected."""
 
-    def __init__(self, argv, cwd=None, env=None, stdin=subprocess.PIPE, preexec=None):
+    def __init__(self, argv, cwd=None, env=None, stdin=subprocess.PIPE, preexec=None,
+                 pass_fds=()):
         self.argv = [str(a) for a in argv]
         self.proc = subprocess.Popen(
             self.argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            cwd=cwd, env=env, start_new_session=True, preexec_fn=preexec)
+            cwd=cwd, env=env, start_new_session=True, preexec_fn=preexec, pass_fds=pass_fds)
         self.pid = self.proc.pid
         self.lines: queue.Queue[bytes | None] = queue.Queue()
         self.stdout_lines: list[bytes] = []
@@ -311,9 +312,10 @@ class Lab:
         return p
 
     def run(self, prog: str, *args, input: bytes = b"", timeout: float = RUN_TIMEOUT,
-            cwd=None, env=None) -> Result:
+            cwd=None, env=None, pass_fds=()) -> Result:
         """Runs a program to completion with `input` on stdin; fails the test on timeout."""
-        p = Program([self.path(prog), *args], cwd=cwd or self.tmp_path, env=env)
+        p = Program([self.path(prog), *args], cwd=cwd or self.tmp_path, env=env,
+                    pass_fds=pass_fds)
         self.programs.append(p)
         began = time.monotonic()
         try:
@@ -480,4 +482,4 @@ def has_ipv6_loopback() -> bool:
 
 
 needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback (::1) here")
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")

@@ -96,6 +96,7 @@ TEST(FormatAddress, UnixPathAbstractAndUnnamed) {
 
     EXPECT_EQ(lab::format_address(reinterpret_cast<sockaddr*>(&un), sizeof(sa_family_t)),
               "(unnamed)");
+    EXPECT_EQ(lab::format_address(reinterpret_cast<sockaddr*>(&un), 0), "(unnamed)");
 }
 
 TEST(FormatAddress, UnknownFamily) {
