@@ -70,25 +70,40 @@ int main(int argc, char** argv) {
     unsigned long long sent = 0;
     unsigned long long received = 0;
     std::vector<char> buffer(kBufferSize);
+    // Reads once and prints what came; false at end of stream.
+    const auto read_some = [&]() -> bool {
+        for (;;) {
+            const ssize_t n = read(sock.get(), buffer.data(), buffer.size());
+            if (n == -1 && errno == EINTR) continue;
+            if (n == -1) lab::die_error("read", server_text, errno);
+            std::fwrite(buffer.data(), 1, static_cast<std::size_t>(n), stdout);
+            std::fflush(stdout);
+            received += static_cast<unsigned long long>(n);
+            return n > 0;
+        }
+    };
     while (auto line = input.read_line()) {
         line->push_back('\n');
         if (!lab::write_all(sock.get(), *line)) lab::die_error("write", server_text, errno);
         sent += line->size();
         while (received < sent) {
-            const ssize_t n = read(sock.get(), buffer.data(), buffer.size());
-            if (n == -1 && errno == EINTR) continue;
-            if (n == -1) lab::die_error("read", server_text, errno);
-            if (n == 0) {
+            if (!read_some()) {
                 lab::die("connection closed by " + server_text + " after " +
                          std::to_string(received) + " of " + std::to_string(sent) + " bytes");
             }
-            std::fwrite(buffer.data(), 1, static_cast<std::size_t>(n), stdout);
-            received += static_cast<unsigned long long>(n);
         }
-        std::fflush(stdout);
     }
     if (errno != 0) lab::die_error("read", "stdin", errno);
 
-    // 4. close() (by the Fd): the server reads end of stream and finishes with us.
+    // 4. shutdown(SHUT_WR): tell the server we are done (it reads end of stream), then
+    //    read until it closes too. An echo sends back exactly what it got: more bytes
+    //    than we sent is not an echo (a "server busy" refusal, say), and is an error.
+    shutdown(sock.get(), SHUT_WR);
+    while (read_some()) {
+    }
+    if (received != sent) {
+        lab::die(server_text + " sent " + std::to_string(received) + " bytes for the " +
+                 std::to_string(sent) + " we sent: not an echo");
+    }
     return lab::kExitOk;
 }
