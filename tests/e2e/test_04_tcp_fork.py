@@ -2,12 +2,9 @@
 
 import os
 import re
-import select
 import signal
 import socket
-import struct
 import subprocess
-import threading
 import time
 
 import pytest
@@ -15,33 +12,15 @@ import pytest
 from conftest import (children_of, group_alive, needs_ipv6, open_fds, process_state,
                       recv_exactly, rss_kib, tcp_connect, wait_until)
 
-MIB = 1 << 20
-
-
-def roundtrip(address, payload: bytes, timeout: float = 10.0) -> bytes:
-    """Writes from a thread while reading the echo, so full buffers never deadlock us."""
-    with tcp_connect(address, timeout) as s:
-        writer = threading.Thread(target=s.sendall, args=(payload,), daemon=True)
-        writer.start()
-        echoed = recv_exactly(s, len(payload))
-        writer.join(timeout)
-        return echoed
-
-
-def served(address, timeout: float = 10.0) -> bool:
-    with tcp_connect(address, timeout) as s:
-        s.sendall(b"ping\n")
-        return recv_exactly(s, 5) == b"ping\n"
+from stream_faults import (MIB, fault_half_close, fault_half_message_then_stall,
+                           fault_megabyte_without_newline, fault_never_reads,
+                           fault_random_bytes, fault_reset_mid_transfer, fault_silent_peer,
+                           fault_zero_bytes, linger_reset, roundtrip, served)
 
 
 def echo_once(s: socket.socket, data: bytes) -> bytes:
     s.sendall(data)
     return recv_exactly(s, len(data))
-
-
-def linger_reset(s: socket.socket) -> None:
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    s.close()
 
 
 def live_children(pid: int) -> list[int]:
@@ -278,66 +257,6 @@ def test_help_shows_this_lab_s_port(run):
 
 
 # ----------------------------------------------------------------- fault sweep
-
-def stuff_without_reading(s: socket.socket, cap: int = 64 * MIB) -> None:
-    s.setblocking(False)
-    chunk = b"z" * 65536
-    sent = 0
-    while sent < cap:
-        try:
-            sent += s.send(chunk)
-        except BlockingIOError:
-            if not select.select([], [s], [], 0.5)[1]:
-                break
-    s.setblocking(True)
-
-
-def fault_random_bytes(address):
-    payload = os.urandom(256 * 1024)
-    assert roundtrip(address, payload) == payload
-
-
-def fault_zero_bytes(address):
-    tcp_connect(address).close()
-
-
-def fault_megabyte_without_newline(address):
-    payload = b"m" * MIB
-    assert roundtrip(address, payload) == payload
-
-
-def fault_silent_peer(address):
-    return [tcp_connect(address)]
-
-
-def fault_half_message_then_stall(address):
-    s = tcp_connect(address)
-    s.sendall(b"half a mess")
-    assert recv_exactly(s, 11) == b"half a mess"
-    return [s]
-
-
-def fault_reset_mid_transfer(address):
-    s = tcp_connect(address)
-    s.sendall(b"r" * 300000)
-    linger_reset(s)
-
-
-def fault_half_close(address):
-    with tcp_connect(address) as s:
-        s.sendall(b"bye\n")
-        s.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := s.recv(100):
-            data += chunk
-        assert data == b"bye\n"
-
-
-def fault_never_reads(address):
-    s = tcp_connect(address)
-    stuff_without_reading(s)
-    return [s]
-
 
 def fault_more_clients_than_the_limit(address):
     """--max-children 4 in the sweep: six silent clients fill it and queue up."""

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import open_fds, recv_exactly, tcp_connect, wait_until
 from event_loop_cases import *  # noqa: F401,F403  (the tests 07 and 08 share)
-from event_loop_cases import BUSY, echo_ok, fds_back_to, nofile, read_to_end, readable
+from event_loop_cases import BUSY, echo_ok, nofile, read_to_end, readable
 
 
 def test_more_connections_than_fd_setsize_are_refused(start):
