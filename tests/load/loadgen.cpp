@@ -51,9 +51,9 @@
 
 namespace {
 
-constexpr std::size_t kReadChunk = 64 * 1024;  // bytes per read(); also the largest datagram
-constexpr int kMaxEvents = 1024;               // events taken per epoll_wait()
-constexpr std::size_t kUdpSeqDigits = 16;      // UDP messages start with their number in hex
+constexpr std::size_t kReadChunk = 64 * 1024;      // bytes per read(); also the largest datagram
+constexpr int kMaxEvents = 1024;                   // events taken per epoll_wait()
+constexpr std::size_t kUdpSeqDigits = 16;          // UDP messages start with their number in hex
 constexpr std::int64_t kScanEveryNs = 50'000'000;  // how often timeouts are looked for
 
 constexpr const char* kUsage =
@@ -104,7 +104,7 @@ struct Options {
 // Latencies in nanoseconds, in log-linear buckets: 64 sub-buckets per power of two, so any
 // value is known to within 1/64 (1.6%) in a fixed 2,800 counters, however long the run.
 class Histogram {
-public:
+  public:
     Histogram() : counts_(kSubBuckets * (kMaxExponent + 1), 0) {}
 
     void add(std::int64_t ns) {
@@ -132,7 +132,7 @@ public:
         return max_us();
     }
 
-private:
+  private:
     static constexpr std::size_t kSubBits = 6;
     static constexpr std::size_t kSubBuckets = std::size_t{1} << kSubBits;
     static constexpr std::size_t kMaxExponent = 43;  // 2^49 ns: six days
@@ -187,11 +187,13 @@ bool read_stat(int pid, ProcEntry* entry) {
     std::string skip;
     unsigned long long utime = 0, stime = 0;
     long long cutime = 0, cstime = 0;
-    fields >> skip >> entry->ppid >> entry->pgrp;         // fields 3, 4, 5
-    for (int i = 6; i <= 13; ++i) fields >> skip;         // session .. majflt
-    fields >> utime >> stime >> cutime >> cstime;         // fields 14 to 17
-    for (int i = 18; i <= 23; ++i) fields >> skip;        // priority .. vsize
-    fields >> entry->rss_pages;                           // field 24
+    fields >> skip >> entry->ppid >> entry->pgrp;  // fields 3, 4, 5
+    for (int i = 6; i <= 13; ++i)
+        fields >> skip;                            // session .. majflt
+    fields >> utime >> stime >> cutime >> cstime;  // fields 14 to 17
+    for (int i = 18; i <= 23; ++i)
+        fields >> skip;          // priority .. vsize
+    fields >> entry->rss_pages;  // field 24
     if (!fields) return false;
     const double hz = static_cast<double>(sysconf(_SC_CLK_TCK));
     entry->pid = pid;
@@ -250,7 +252,8 @@ ServerSample sample_server(int server, bool with_pss) {
     if (server <= 0) return sample;
     const auto procs = all_processes();
     std::map<int, std::vector<int>> children;
-    for (const auto& p : procs) children[p.ppid].push_back(p.pid);
+    for (const auto& p : procs)
+        children[p.ppid].push_back(p.pid);
     std::set<int> included{server};
     std::vector<int> todo{server};
     while (!todo.empty()) {
@@ -315,15 +318,15 @@ struct Conn {
     enum class State { kUnused, kConnecting, kOpen, kDead };
     lab::Fd fd;
     State state = State::kUnused;
-    bool joined = false;           // its first echo came back
-    std::int64_t started_ns = 0;   // connect() called
-    std::uint64_t next_seq = 0;    // number of the next message to send
+    bool joined = false;          // its first echo came back
+    std::int64_t started_ns = 0;  // connect() called
+    std::uint64_t next_seq = 0;   // number of the next message to send
     std::vector<Pending> in_flight;
-    std::string out;               // TCP: bytes not yet accepted by write()
+    std::string out;  // TCP: bytes not yet accepted by write()
     std::size_t out_done = 0;
-    bool watching_out = false;     // EPOLLOUT in the interest set
-    std::size_t recv_done = 0;     // TCP: bytes received of the front message
-    std::string expect;            // TCP: the front message, as it must come back
+    bool watching_out = false;  // EPOLLOUT in the interest set
+    std::size_t recv_done = 0;  // TCP: bytes received of the front message
+    std::string expect;         // TCP: the front message, as it must come back
 };
 
 enum class Phase { kJoin, kWarmup, kWindow, kDrain, kIdleCheck };
@@ -345,9 +348,11 @@ struct Report {
 // ------------------------------------------------------------------------ the generator
 
 class LoadGen {
-public:
+  public:
     LoadGen(const Options& options, const lab::Endpoint& server)
-        : opt_(options), server_(server), size_(static_cast<std::size_t>(options.size)),
+        : opt_(options),
+          server_(server),
+          size_(static_cast<std::size_t>(options.size)),
           conns_(static_cast<std::size_t>(options.connections + options.idle_connections)),
           buffer_(kReadChunk) {
         epoll_.reset(epoll_create1(EPOLL_CLOEXEC));
@@ -356,7 +361,7 @@ public:
 
     Report run();
 
-private:
+  private:
     void join_all();
     void run_until(std::int64_t deadline, bool until_quiet = false);
     void start_connect(std::size_t i);
@@ -380,8 +385,8 @@ private:
     std::vector<char> buffer_;
     lab::Fd epoll_;
     Phase phase_ = Phase::kJoin;
-    std::size_t started_ = 0;  // connections begun so far
-    long long joining_ = 0;    // begun, not yet joined or failed
+    std::size_t started_ = 0;    // connections begun so far
+    long long joining_ = 0;      // begun, not yet joined or failed
     std::size_t in_flight_ = 0;  // messages sent and not yet answered, over all connections
     std::int64_t last_scan_ = 0;
     Report report_;
@@ -516,17 +521,18 @@ bool LoadGen::check_stream(std::size_t i, const char* data, std::size_t n) {
         }
         if (c.recv_done == 0) {
             c.expect.clear();
-            append_message(c.expect, static_cast<std::uint32_t>(i), c.in_flight.front().seq,
-                           size_, false);
+            append_message(c.expect, static_cast<std::uint32_t>(i), c.in_flight.front().seq, size_,
+                           false);
         }
         const std::size_t take = std::min(n, size_ - c.recv_done);
         const char* want = c.expect.data() + c.recv_done;
         const auto [got_at, want_at] = std::mismatch(data, data + take, want);
         if (got_at != data + take) {
             char why[160];
-            std::snprintf(why, sizeof why, "message %" PRIu64 " byte %zu: got 0x%02x, want 0x%02x",
-                          c.in_flight.front().seq, c.recv_done + static_cast<std::size_t>(got_at - data),
-                          static_cast<unsigned char>(*got_at), static_cast<unsigned char>(*want_at));
+            std::snprintf(
+                why, sizeof why, "message %" PRIu64 " byte %zu: got 0x%02x, want 0x%02x",
+                c.in_flight.front().seq, c.recv_done + static_cast<std::size_t>(got_at - data),
+                static_cast<unsigned char>(*got_at), static_cast<unsigned char>(*want_at));
             fail(i, why);
             return false;
         }
@@ -653,7 +659,8 @@ void LoadGen::run_until(std::int64_t deadline, bool until_quiet) {
         if (until_quiet && joining_done && joining_ == 0 && in_flight_ == 0) return;
         const std::int64_t now = now_ns();
         if (now >= deadline) return;
-        const int wait_ms = static_cast<int>(std::min<std::int64_t>((deadline - now) / 1'000'000 + 1, 50));
+        const int wait_ms =
+            static_cast<int>(std::min<std::int64_t>((deadline - now) / 1'000'000 + 1, 50));
         const int n = epoll_wait(epoll_.get(), events.data(), kMaxEvents, wait_ms);
         if (n == -1 && errno != EINTR) lab::die_error("epoll_wait", "", errno);
         for (int k = 0; k < n; ++k) {
@@ -685,7 +692,8 @@ Report LoadGen::run() {
         report_.after = sample_server(pid, true);
         // Every connection echoes once more: a connection held is one still served.
         phase_ = Phase::kIdleCheck;
-        for (std::size_t i = 0; i < conns_.size(); ++i) send_messages(i, 1);
+        for (std::size_t i = 0; i < conns_.size(); ++i)
+            send_messages(i, 1);
         run_until(now_ns() + static_cast<std::int64_t>(opt_.timeout * 1e9), true);
         report_.held = std::count_if(conns_.begin(), conns_.end(), [](const Conn& c) {
             return c.state == Conn::State::kOpen && c.in_flight.empty();
@@ -695,7 +703,8 @@ Report LoadGen::run() {
         phase_ = Phase::kWarmup;
         // The busy connections come first; the rest stay quiet after joining.
         const auto busy = static_cast<std::size_t>(opt_.connections);
-        for (std::size_t i = 0; i < busy; ++i) send_messages(i, opt_.depth);
+        for (std::size_t i = 0; i < busy; ++i)
+            send_messages(i, opt_.depth);
         run_until(now_ns() + static_cast<std::int64_t>(opt_.warmup * 1e9));
         report_.window_start = sample_server(pid, false);
         const double client_cpu = process_cpu_seconds();
@@ -761,8 +770,10 @@ std::vector<std::pair<std::string, std::string>> figures(const Options& o, const
         add("rss_after_kib", static_cast<double>(r.after.rss_kib));
         add("pss_before_kib", static_cast<double>(r.before.pss_kib));
         add("pss_after_kib", static_cast<double>(r.after.pss_kib));
-        add("rss_per_conn_bytes", static_cast<double>(r.after.rss_kib - r.before.rss_kib) * 1024 / held);
-        add("pss_per_conn_bytes", static_cast<double>(r.after.pss_kib - r.before.pss_kib) * 1024 / held);
+        add("rss_per_conn_bytes",
+            static_cast<double>(r.after.rss_kib - r.before.rss_kib) * 1024 / held);
+        add("pss_per_conn_bytes",
+            static_cast<double>(r.after.pss_kib - r.before.pss_kib) * 1024 / held);
     } else {
         const double cpu = r.window_end.cpu_seconds - r.window_start.cpu_seconds;
         const double trips = static_cast<double>(r.round_trips);
@@ -866,8 +877,8 @@ int main(int argc, char** argv) {
     const Report report = generator.run();
     print_report(o, report);
     if (report.joined == 0) {
-        lab::die("no connection to " + lab::format_address(server) + " got an echo: " +
-                 report.first_error);
+        lab::die("no connection to " + lab::format_address(server) +
+                 " got an echo: " + report.first_error);
     }
     return lab::kExitOk;
 }
