@@ -45,11 +45,13 @@ SAN_ENV    := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
               UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=86 \
               TSAN_OPTIONS=halt_on_error=1:exitcode=86:second_deadlock_stack=1
 
-.PHONY: all test unit e2e sanitize tsan tour deps clean help format lint fuzz valgrind
+.PHONY: all test unit e2e sanitize tsan tour deps clean help format lint fuzz valgrind bench
 .DEFAULT_GOAL := all
 .SECONDARY:
 
-all: $(PROGRAMS) $(UNIT_BIN)
+LOADGEN    := $(BUILD)/bench/loadgen
+
+all: $(PROGRAMS) $(UNIT_BIN) $(LOADGEN)
 
 $(BUILD)/obj/%.o: %.cpp
 	@mkdir -p $(@D)
@@ -64,6 +66,11 @@ $(BUILD)/%/server: $(BUILD)/obj/labs/%/server.o $(COMMON_LIB)
 	$(CXX) $(LDFLAGS) $^ -o $@
 
 $(BUILD)/%/client: $(BUILD)/obj/labs/%/client.o $(COMMON_LIB)
+	@mkdir -p $(@D)
+	$(CXX) $(LDFLAGS) $^ -o $@
+
+# The load generator of make bench (tests/load/); its tests run with the others.
+$(LOADGEN): $(BUILD)/obj/tests/load/loadgen.o $(COMMON_LIB)
 	@mkdir -p $(@D)
 	$(CXX) $(LDFLAGS) $^ -o $@
 
@@ -96,6 +103,11 @@ tsan: deps
 	$(MAKE) --no-print-directory BUILD=build/tsan SAN=thread all
 	$(MAKE) --no-print-directory BUILD=build/tsan SAN=thread e2e PYTEST_ARGS="-m threads $(PYTEST_ARGS)"
 
+# The concurrency models measured side by side into docs/bench/ (docs/bench/README.md).
+bench: all
+	@scripts/install-deps --bench
+	$(PYTHON) scripts/bench --build $(BUILD) $(if $(filter 1,$(QUICK)),--quick)
+
 tour: deps all
 	$(PYTHON) scripts/tour --bin $(BUILD)
 
@@ -114,10 +126,15 @@ help:
 	@echo "make sanitize        everything again under ASan + UBSan, in build/sanitize"
 	@echo "make tsan            the threaded labs under ThreadSanitizer, in build/tsan"
 	@echo "make tour            run every lab once and show both sides"
+	@echo "make bench           the servers measured side by side into docs/bench/ (QUICK=1: short)"
+	@echo "make lint            clang-tidy and clang-format over the whole tree"
+	@echo "make fuzz            libFuzzer on common/ and lab 02's relay (FUZZ_SECONDS=20 each)"
+	@echo "make valgrind        every lab's tour scenario under memcheck"
 	@echo "make WERROR=1        treat warnings as errors (CI does)"
 	@echo "make clean           remove build/ and dist/"
 
--include $(COMMON_OBJ:.o=.d) $(UNIT_OBJ:.o=.d) $(wildcard $(BUILD)/obj/labs/*/*.d)
+-include $(COMMON_OBJ:.o=.d) $(UNIT_OBJ:.o=.d) $(wildcard $(BUILD)/obj/labs/*/*.d) \
+         $(BUILD)/obj/tests/load/loadgen.d
 
 # ---------------------------------------------------------------- hardening tools
 
