@@ -45,7 +45,7 @@ SAN_ENV    := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
               UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=86 \
               TSAN_OPTIONS=halt_on_error=1:exitcode=86:second_deadlock_stack=1
 
-.PHONY: all test unit e2e sanitize tsan tour deps clean help format lint fuzz valgrind bench
+.PHONY: all test unit e2e sanitize tsan tour deps clean help format lint fuzz valgrind bench student-kit
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -108,6 +108,10 @@ bench: all
 	@scripts/install-deps --bench
 	$(PYTHON) scripts/bench --build $(BUILD) $(if $(filter 1,$(QUICK)),--quick)
 
+# The suite with the students' parts taken out, as dist/student-kit and a tarball.
+student-kit:
+	$(PYTHON) scripts/student-kit --out dist/student-kit --tar
+
 tour: deps all
 	$(PYTHON) scripts/tour --bin $(BUILD)
 
@@ -131,6 +135,7 @@ help:
 	@echo "make fuzz            libFuzzer on common/ and lab 02's relay (FUZZ_SECONDS=20 each)"
 	@echo "make valgrind        every lab's tour scenario under memcheck"
 	@echo "make WERROR=1        treat warnings as errors (CI does)"
+	@echo "make student-kit     dist/student-kit(.tar.gz): the labs with TODOs for students"
 	@echo "make clean           remove build/ and dist/"
 
 -include $(COMMON_OBJ:.o=.d) $(UNIT_OBJ:.o=.d) $(wildcard $(BUILD)/obj/labs/*/*.d) \

@@ -37,4 +37,13 @@ void report(std::string_view text);
 [[noreturn]] void die_message(std::string_view what, std::string_view address,
                               std::string_view reason);
 
+// The student kit's placeholder for code a student has yet to write: prints
+// "PROG: not implemented: WHAT" and exits 1. todo<T>() does the same where a value of
+// type T is expected (`const lab::Fd sock = lab::todo<lab::Fd>("...");`).
+[[noreturn]] void not_implemented(std::string_view what);
+template <typename T>
+[[noreturn]] T todo(std::string_view what) {
+    not_implemented(what);
+}
+
 }  // namespace lab

@@ -82,13 +82,18 @@ int main(int argc, char** argv) {
 
     // 2. (--connect) connect(): sends no packet at all on UDP. It fixes the peer, so
     //    send()/recv() need no address, and datagrams from anyone else are filtered out.
+    // BEGIN SOLUTION: connect() the socket to `server` when --connect is given
     if (connected && connect(sock.get(), server.addr(), server.size) == -1) {
         lab::die_error("connect", server_text, errno);
     }
+    // END SOLUTION
 
     lab::LineReader input(0);
     std::vector<char> reply(kBufferSize);
     while (auto line = input.read_line()) {
+        // BEGIN SOLUTION: send the line as one datagram (send() or sendto()), wait for the
+        //   reply with wait_readable() until the deadline, receive it (recv() or
+        //   recvfrom(), ignoring strangers) and print it with lab::print_payload()
         // 3. One line, without its newline, is one datagram.
         const ssize_t sent = connected ? send(sock.get(), line->data(), line->size(), 0)
                                        : sendto(sock.get(), line->data(), line->size(), 0,
@@ -118,6 +123,7 @@ int main(int argc, char** argv) {
             lab::print_payload({reply.data(), static_cast<std::size_t>(n)});
             break;
         }
+        // END SOLUTION
     }
     if (errno != 0) lab::die_error("read", "stdin", errno);
     return lab::kExitOk;

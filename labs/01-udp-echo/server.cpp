@@ -45,6 +45,9 @@ int main(int argc, char** argv) {
     lab::ignore_sigpipe();
     lab::install_stop_handlers();
 
+    // BEGIN SOLUTION: create the socket with socket() (local.family(), SOCK_DGRAM) and
+    //   bind() it to `local`; report a failure with lab::die_error("socket"/"bind", ...)
+    // STUB: const lab::Fd sock = lab::todo<lab::Fd>("lab 01: socket() and bind()");
     // 1. socket(): a datagram socket of the address's family, IPv4 or IPv6.
     const lab::Fd sock(socket(local.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0));
     if (!sock) lab::die_error("socket", "", errno);
@@ -53,6 +56,7 @@ int main(int argc, char** argv) {
     if (bind(sock.get(), local.addr(), local.size) == -1) {
         lab::die_error("bind", lab::format_address(local), errno);
     }
+    // END SOLUTION
     const auto bound = lab::local_endpoint(sock.get());
     if (!bound) lab::die_error("getsockname", "", errno);
     lab::print_ready("udp", *bound);
@@ -60,6 +64,8 @@ int main(int argc, char** argv) {
     // 3. recvfrom() and sendto(): one datagram in, the same bytes back out.
     std::vector<char> buffer(kBufferSize);
     while (!lab::stop_requested()) {
+        // BEGIN SOLUTION: receive one datagram with recvfrom() (retry on EINTR), log
+        //   "from ADDR: N bytes", and send the same N bytes back to the sender with sendto()
         lab::Endpoint peer;  // filled in by recvfrom: who sent this datagram
         const ssize_t n =
             recvfrom(sock.get(), buffer.data(), buffer.size(), 0, peer.addr(), &peer.size);
@@ -74,6 +80,7 @@ int main(int argc, char** argv) {
             // One client's trouble (say, a full buffer) is reported and the server goes on.
             lab::report_error("sendto", lab::format_address(peer), errno);
         }
+        // END SOLUTION
     }
 
     // 4. close(): the Fd does it as main returns.

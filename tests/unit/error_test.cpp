@@ -42,6 +42,14 @@ TEST(Error, DieExitsWithStatusOne) {
     EXPECT_EXIT(lab::die("gave up"), testing::ExitedWithCode(1), "^server: gave up\n$");
 }
 
+TEST(Error, NotImplementedSaysWhatIsMissing) {
+    lab::set_program_name("server");
+    EXPECT_EXIT(lab::not_implemented("lab 01: bind()"), testing::ExitedWithCode(1),
+                "^server: not implemented: lab 01: bind\\(\\)\n$");
+    EXPECT_EXIT((void)lab::todo<int>("lab 03: accept()"), testing::ExitedWithCode(1),
+                "not implemented: lab 03: accept");
+}
+
 TEST(Error, ExitCodesAreDistinctAndNeverZeroOnFailure) {
     EXPECT_EQ(lab::kExitOk, 0);
     EXPECT_EQ(lab::kExitFailure, 1);
