@@ -55,6 +55,24 @@ def significant(lines):
     return [line.strip() for line in lines if line.strip()]
 
 
+def without_kit_markers(lines):
+    """Source lines less the student kit's markers (BEGIN SOLUTION with its hint lines,
+    STUB, END SOLUTION): they are not code, and an excerpt may run across them."""
+    kept, in_hint = [], False
+    for line in lines:
+        text = line.strip()
+        if text.startswith("// BEGIN SOLUTION"):
+            in_hint = True
+            continue
+        if in_hint and re.match(r"//\s{2,}\S", text):
+            continue
+        in_hint = False
+        if text.startswith("// STUB:") or text == "// END SOLUTION":
+            continue
+        kept.append(line)
+    return kept
+
+
 def contains_run(haystack, needle):
     n = len(needle)
     return any(haystack[i:i + n] == needle for i in range(len(haystack) - n + 1))
@@ -97,7 +115,7 @@ def test_excerpts_appear_in_their_files(lab):
         if not path.is_file():
             problems.append("line %d: file=%s does not exist" % (line_no, name))
             continue
-        source = significant(path.read_text().split("\n"))
+        source = significant(without_kit_markers(path.read_text().split("\n")))
         chunk, chunks = [], []
         for line in significant(body):
             if line == ELISION:
