@@ -176,3 +176,18 @@ def test_commands_by_hand_use_real_options(lab):
                                             % (line.strip(), flag.decode(), m.group(1)))
     assert commands > 0, "'Run it by hand' starts none of the lab's programs"
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("lab", lab_params())
+def test_handout_states_the_points_of_weights_toml(lab):
+    import tomllib
+    with open(REPO / "tests" / "weights.toml", "rb") as f:
+        weights = tomllib.load(f)
+    points = weights.get("lab", {}).get(lab[:2], {}).get("points", weights["default"]["points"])
+    total = sum(g["points"] for g in weights["group"])
+    text = section(readme(lab), "Grading")
+    assert text, "no 'Grading' section"
+    said = " ".join(text.split())
+    assert "worth %g points" % points in said, said
+    for g in weights["group"]:
+        assert "%s %g" % (g["name"], points * g["points"] / total) in said, (g["name"], said)
