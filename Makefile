@@ -12,20 +12,22 @@ WERROR   ?=
 LAB      ?=
 PYTEST_ARGS ?=
 
-CXXFLAGS ?= -O2 -g
-CXXFLAGS += -std=c++20 -Wall -Wextra -Wpedantic -Wshadow -Wconversion -pthread
-CPPFLAGS += -I. -MMD -MP
-LDFLAGS  += -pthread
+# OPT is the optimisation (make OPT=-O0 for a quicker build); CXXFLAGS given on the
+# command line are added to the flags below, not put in their place.
+OPT      ?= -O2 -g
+override CXXFLAGS += $(OPT) -std=c++20 -Wall -Wextra -Wpedantic -Wshadow -Wconversion -pthread
+override CPPFLAGS += -I. -MMD -MP
+override LDFLAGS  += -pthread
 ifeq ($(WERROR),1)
-CXXFLAGS += -Werror
+override CXXFLAGS += -Werror
 endif
 ifeq ($(SAN),address)
-CXXFLAGS += -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
-LDFLAGS  += -fsanitize=address,undefined
+override CXXFLAGS += -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+override LDFLAGS  += -fsanitize=address,undefined
 endif
 ifeq ($(SAN),thread)
-CXXFLAGS += -O1 -fsanitize=thread -fno-omit-frame-pointer
-LDFLAGS  += -fsanitize=thread
+override CXXFLAGS += -O1 -fsanitize=thread -fno-omit-frame-pointer
+override LDFLAGS  += -fsanitize=thread
 endif
 
 LAB_DIRS   := $(sort $(patsubst labs/%/,%,$(dir $(wildcard labs/[0-9][0-9]-*/server.cpp))))
