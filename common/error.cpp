@@ -66,6 +66,8 @@ void die_message(std::string_view what, std::string_view address, std::string_vi
     std::exit(kExitFailure);
 }
 
-void not_implemented(std::string_view what) { die("not implemented: " + std::string(what)); }
+void not_implemented(std::string_view what) {
+    die("not implemented: " + std::string(what));
+}
 
 }  // namespace lab
