@@ -83,7 +83,12 @@ $(UNIT_BIN): $(UNIT_OBJ) $(COMMON_LIB)
 deps:
 	@scripts/install-deps
 
-test: deps all
+# Builds in parallel on every core, after install-deps has made sure a compiler is there.
+NPROC      := $(shell nproc 2>/dev/null || echo 2)
+BUILD_ALL   = $(MAKE) --no-print-directory -j$(NPROC) all
+
+test: deps
+	$(BUILD_ALL)
 ifeq ($(LAB_NUM),)
 	$(MAKE) --no-print-directory unit
 endif
@@ -97,16 +102,16 @@ e2e: $(PROGRAMS)
 
 # The same tests against a separate AddressSanitizer + UndefinedBehaviorSanitizer build.
 sanitize: deps
-	$(MAKE) --no-print-directory BUILD=build/sanitize SAN=address all
 	$(MAKE) --no-print-directory BUILD=build/sanitize SAN=address test
 
 # ThreadSanitizer for the labs that use threads (their end-to-end tests carry `threads`).
 tsan: deps
-	$(MAKE) --no-print-directory BUILD=build/tsan SAN=thread all
+	$(MAKE) --no-print-directory -j$(NPROC) BUILD=build/tsan SAN=thread all
 	$(MAKE) --no-print-directory BUILD=build/tsan SAN=thread e2e PYTEST_ARGS="-m threads $(PYTEST_ARGS)"
 
 # The concurrency models measured side by side into docs/bench/ (docs/bench/README.md).
-bench: all
+bench: deps
+	$(BUILD_ALL)
 	@scripts/install-deps --bench
 	$(PYTHON) scripts/bench --build $(BUILD) $(if $(filter 1,$(QUICK)),--quick)
 
@@ -114,7 +119,8 @@ bench: all
 student-kit:
 	$(PYTHON) scripts/student-kit --out dist/student-kit --tar
 
-tour: deps all
+tour: deps
+	$(BUILD_ALL)
 	$(PYTHON) scripts/tour --bin $(BUILD)
 
 format:
@@ -174,5 +180,6 @@ lint:
 
 # Every lab's tour scenario with each program under memcheck (children followed): no
 # errors, no leaks, no descriptor beyond stdin/stdout/stderr left open at exit.
-valgrind: all
+valgrind: deps
+	$(BUILD_ALL)
 	$(PYTHON) scripts/tour --bin $(BUILD) --valgrind
