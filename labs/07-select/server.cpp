@@ -84,6 +84,11 @@ long long default_max_clients() {
 }
 
 lab::Fd open_listener(const lab::Endpoint& local) {
+    // BEGIN SOLUTION: create the listening socket with socket(), non-blocking
+    //   (local.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC), set SO_REUSEADDR with
+    //   setsockopt(), bind() it to `local`, listen() with SOMAXCONN and return the lab::Fd;
+    //   on failure lab::die_error("socket" / "bind" / "listen", ..., errno)
+    // STUB: return lab::todo<lab::Fd>("lab 07: socket(), bind() and listen() in open_listener()");
     // 1. socket(), non-blocking: accept() must return EAGAIN, not wait, when the queue is
     //    empty (a client may reset between select() and accept()).
     lab::Fd fd(socket(local.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
@@ -96,6 +101,7 @@ lab::Fd open_listener(const lab::Endpoint& local) {
     }
     if (listen(fd.get(), SOMAXCONN) == -1) lab::die_error("listen", "", errno);
     return fd;
+    // END SOLUTION
 }
 
 // Says "server busy" and closes. The socket is new, so its send buffer has room.
@@ -126,6 +132,14 @@ bool shed_connection(Server& server) {
 
 // 5. accept() until EAGAIN: one readable listening socket may mean many waiting clients.
 void accept_clients(Server& server) {
+    // BEGIN SOLUTION: accept every waiting connection with accept4() until EAGAIN; use
+    //   SOCK_NONBLOCK | SOCK_CLOEXEC, retry on EINTR and ECONNABORTED, on EMFILE or ENFILE
+    //   call shed_connection(server) (go on while it returns true, else return), report
+    //   other errors with lab::report_error("accept", ...). For each new client: clear
+    //   server.out_of_fds; if fd.get() >= FD_SETSIZE (FD_SET() would write past the
+    //   fd_set) or server.clients.size() >= server.max_clients, log "refused PEER: server
+    //   busy (descriptor FD, N clients)" and refuse() it; else push_back a Client and log
+    //   "PEER connected (N clients)" (PEER from lab::format_address())
     for (;;) {
         lab::Endpoint peer;
         lab::Fd fd(
@@ -151,6 +165,7 @@ void accept_clients(Server& server) {
         server.clients.push_back(Client{std::move(fd), peer_text, {}, false});
         server.log(peer_text, " connected (", server.clients.size(), " clients)");
     }
+    // END SOLUTION
 }
 
 // Backpressure: read only while there is room for the echo in the output buffer.
@@ -213,6 +228,11 @@ void remove_client(Server& server, std::size_t i) {
 // Write interest only while output is pending: an idle socket is always writable, and
 // asking would wake the loop for nothing.
 int watch(const Server& server, fd_set& readable, fd_set& writable) {
+    // BEGIN SOLUTION: fill the fd_sets with FD_ZERO() and FD_SET(); the listener goes in
+    //   `readable` unless server.accept_paused, each client in `readable` if wants_read()
+    //   and in `writable` if its `out` is not empty; return the highest descriptor of the
+    //   listener (when watched) and all clients, -1 if none
+    // STUB: return lab::todo<int>("lab 07: watch() fills the fd_sets with FD_ZERO() and FD_SET()");
     FD_ZERO(&readable);
     FD_ZERO(&writable);
     int max_fd = -1;
@@ -226,6 +246,7 @@ int watch(const Server& server, fd_set& readable, fd_set& writable) {
         max_fd = std::max(max_fd, client.fd.get());
     }
     return max_fd;
+    // END SOLUTION
 }
 
 void serve(Server& server, const sigset_t& wait_mask) {
@@ -233,6 +254,14 @@ void serve(Server& server, const sigset_t& wait_mask) {
     fd_set writable;
     while (!lab::stop_requested()) {
         const int max_fd = watch(server, readable, writable);
+        // BEGIN SOLUTION: wait in pselect() and serve the ready sockets; call
+        //   pselect(max_fd + 1, &readable, &writable, nullptr, timeout, &wait_mask) with the
+        //   timeout &kAcceptRetry while server.accept_paused, else nullptr; continue on
+        //   EINTR, lab::die_error("pselect", "", errno) on other errors, and on 0 (timed
+        //   out) clear server.accept_paused. Then serve_client() each client with FD_ISSET()
+        //   of its fd in both sets; when it returns false, remove_client(server, i) and serve
+        //   the same index i again. Last, accept_clients() if accepting is not paused and
+        //   the listener is in `readable`
         // 4. pselect(): sleep until a descriptor is ready. select() overwrites the sets
         //    with the answer, so they are rebuilt every pass. wait_mask lets SIGINT and
         //    SIGTERM in only during the wait, so a stop request cannot slip in unseen
@@ -254,6 +283,7 @@ void serve(Server& server, const sigset_t& wait_mask) {
         if (!server.accept_paused && FD_ISSET(server.listen_fd.get(), &readable)) {
             accept_clients(server);
         }
+        // END SOLUTION
     }
 }
 

@@ -84,6 +84,11 @@ long long default_max_clients() {
 }
 
 lab::Fd open_listener(const lab::Endpoint& local) {
+    // BEGIN SOLUTION: create the listening socket with socket(), non-blocking
+    //   (local.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC), set SO_REUSEADDR with
+    //   setsockopt(), bind() it to `local`, listen() with SOMAXCONN and return the lab::Fd;
+    //   on failure lab::die_error("socket" / "bind" / "listen", ..., errno)
+    // STUB: return lab::todo<lab::Fd>("lab 08: socket(), bind() and listen() in open_listener()");
     // 1. socket(), non-blocking: accept() must return EAGAIN, not wait, when the queue is
     //    empty (a client may reset between poll() and accept()).
     lab::Fd fd(socket(local.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
@@ -96,6 +101,7 @@ lab::Fd open_listener(const lab::Endpoint& local) {
     }
     if (listen(fd.get(), SOMAXCONN) == -1) lab::die_error("listen", "", errno);
     return fd;
+    // END SOLUTION
 }
 
 // Says "server busy" and closes. The socket is new, so its send buffer has room.
@@ -126,6 +132,14 @@ bool shed_connection(Server& server) {
 
 // 5. accept() until EAGAIN: one readable listening socket may mean many waiting clients.
 void accept_clients(Server& server) {
+    // BEGIN SOLUTION: accept every waiting connection with accept4() until EAGAIN; use
+    //   SOCK_NONBLOCK | SOCK_CLOEXEC, retry on EINTR and ECONNABORTED, on EMFILE or ENFILE
+    //   call shed_connection(server) (go on while it returns true, else return), report
+    //   other errors with lab::report_error("accept", ...). For each new client: clear
+    //   server.out_of_fds; if server.clients.size() >= server.max_clients, log "refused
+    //   PEER: server busy (descriptor FD, N clients)" and refuse() it; else push_back a
+    //   pollfd{fd, 0, 0} on server.fds and a Client on server.clients (fds[i + 1] is
+    //   clients[i]) and log "PEER connected (N clients)" (PEER from lab::format_address())
     for (;;) {
         lab::Endpoint peer;
         lab::Fd fd(
@@ -151,6 +165,7 @@ void accept_clients(Server& server) {
         server.clients.push_back(Client{std::move(fd), peer_text, {}, false});
         server.log(peer_text, " connected (", server.clients.size(), " clients)");
     }
+    // END SOLUTION
 }
 
 // Backpressure: read only while there is room for the echo in the output buffer.
@@ -234,6 +249,9 @@ void remove_client(Server& server, std::size_t i) {
 // so the list lives on between calls. Write interest only while output is pending: an
 // idle socket is always writable, and asking would wake the loop for nothing.
 void watch(Server& server) {
+    // BEGIN SOLUTION: set the events each pollfd waits for; server.fds[0] (the listener)
+    //   gets POLLIN unless server.accept_paused (then 0), and server.fds[i + 1] gets
+    //   POLLIN if wants_read(clients[i]) plus POLLOUT if clients[i].out is not empty
     server.fds[0].events = server.accept_paused ? 0 : POLLIN;
     for (std::size_t i = 0; i < server.clients.size(); ++i) {
         const Client& client = server.clients[i];
@@ -242,11 +260,19 @@ void watch(Server& server) {
         if (!client.out.empty()) events |= POLLOUT;
         server.fds[i + 1].events = events;
     }
+    // END SOLUTION
 }
 
 void serve(Server& server, const sigset_t& wait_mask) {
     while (!lab::stop_requested()) {
         watch(server);
+        // BEGIN SOLUTION: wait in ppoll() and serve the ready sockets; call
+        //   ppoll(server.fds.data(), server.fds.size(), timeout, &wait_mask) with the timeout
+        //   &kAcceptRetry while server.accept_paused, else nullptr; continue on EINTR,
+        //   lab::die_error("ppoll", "", errno) on other errors, and on 0 (timed out) clear
+        //   server.accept_paused. Then serve_client() each client with the revents of
+        //   server.fds[i + 1]; when it returns false, remove_client(server, i) and serve the
+        //   same index i again. Last, accept_clients() if server.fds[0].revents has POLLIN
         // 4. ppoll(): sleep until a descriptor is ready. wait_mask lets SIGINT and SIGTERM
         //    in only during the wait, so a stop request cannot slip in unseen between the
         //    check above and the call.
@@ -263,6 +289,7 @@ void serve(Server& server, const sigset_t& wait_mask) {
             }
         }
         if (server.fds[0].revents & POLLIN) accept_clients(server);
+        // END SOLUTION
     }
 }
 

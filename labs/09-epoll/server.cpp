@@ -89,6 +89,15 @@ class Server {
 
     void run(const sigset_t& wait_mask) {
         while (!lab::stop_requested()) {
+            // BEGIN SOLUTION: wait in epoll_pwait() and dispatch its events; call
+            //   epoll_pwait(epoll_fd_.get(), events_.data(), kMaxEvents, timeout, &wait_mask)
+            //   with the timeout 0 while ready_ is not empty, -1 while accepting_, else
+            //   kAcceptRetryMs; continue on EINTR, lab::die_error("epoll_pwait", "", errno)
+            //   on other errors, and on 0 with accepting_ false call set_accepting(true).
+            //   For each event (its fd is in data.fd): remember that the listener was
+            //   reported, or on_event(fd, events) for a client whose conns_ entry still has
+            //   its fd (one closed earlier in the batch has not). After the batch, and only
+            //   then, accept_clients() if the listener was reported
             const int timeout = !ready_.empty() ? 0 : accepting_ ? -1 : kAcceptRetryMs;
             // 5. epoll_pwait(): SIGINT and SIGTERM are blocked everywhere else and unblocked
             //    only inside this call, atomically, so a stop request can never slip in
@@ -110,6 +119,7 @@ class Server {
             // Accept after the batch: a new client may get the number of one closed above,
             // and must not receive the old one's events.
             if (incoming) accept_clients();
+            // END SOLUTION
             serve_ready_list();
         }
         log_("stopping on signal ", lab::stop_signal());
@@ -166,6 +176,13 @@ class Server {
 
     // 7. epoll_ctl(ADD): LT watches input only; ET watches everything once, for good.
     void add_client(lab::Fd client, const lab::Endpoint& peer) {
+        // BEGIN SOLUTION: register the client with epoll_ctl(EPOLL_CTL_ADD); grow conns_ so
+        //   that conns_[fd] exists, watch EPOLLIN | EPOLLRDHUP in LT mode and EPOLLIN |
+        //   EPOLLOUT | EPOLLRDHUP | EPOLLET in ET mode (opt_.edge) with data.fd = fd; if
+        //   epoll_ctl() fails, lab::report_error("epoll_ctl", PEER, errno) and return (the
+        //   Fd closes it); else move the Fd into conn(fd).fd, store the events in
+        //   conn(fd).events, count it in clients_ and log "client PEER connected as fd N"
+        //   (PEER from lab::format_address())
         const int fd = client.get();
         if (static_cast<std::size_t>(fd) >= conns_.size()) {
             conns_.resize(static_cast<std::size_t>(fd) + 1);
@@ -180,6 +197,7 @@ class Server {
         conn(fd).events = event.events;
         ++clients_;
         log_("client ", lab::format_address(peer), " connected as fd ", fd);
+        // END SOLUTION
     }
 
     // One connection's turn: send what waits, then read and echo, up to a budget.
@@ -350,6 +368,11 @@ int main(int argc, char** argv) {
     sigdelset(&wait_mask, SIGINT);  // even if our parent had them blocked
     sigdelset(&wait_mask, SIGTERM);
 
+    // BEGIN SOLUTION: create the listening socket with socket(), non-blocking
+    //   (local.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC), set SO_REUSEADDR with
+    //   setsockopt(), bind() it to `local` and listen() with SOMAXCONN; on failure
+    //   lab::die_error("socket" / "bind" / "listen", ..., errno)
+    // STUB: lab::Fd listen_fd = lab::todo<lab::Fd>("lab 09: socket(), bind() and listen()");
     // 1. socket(): non-blocking, so no accept() can ever stall the loop.
     lab::Fd listen_fd(socket(local.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
     if (!listen_fd) lab::die_error("socket", "", errno);
@@ -363,9 +386,14 @@ int main(int argc, char** argv) {
     if (listen(listen_fd.get(), SOMAXCONN) == -1) {
         lab::die_error("listen", lab::format_address(local), errno);
     }
+    // END SOLUTION
 
     // 4. epoll_create1() and the listener in its interest list, level-triggered in both
     //    modes: accept4() runs until EAGAIN anyway, and a paused listener must come back.
+    // BEGIN SOLUTION: create the epoll instance with epoll_create1(EPOLL_CLOEXEC) and add
+    //   the listener with epoll_ctl(EPOLL_CTL_ADD), EPOLLIN (level-triggered) and data.fd =
+    //   listen_fd.get(); on failure lab::die_error("epoll_create1" / "epoll_ctl", "", errno)
+    // STUB: lab::Fd epoll_fd = lab::todo<lab::Fd>("lab 09: epoll_create1() and epoll_ctl(ADD)");
     lab::Fd epoll_fd(epoll_create1(EPOLL_CLOEXEC));
     if (!epoll_fd) lab::die_error("epoll_create1", "", errno);
     epoll_event event{};
@@ -374,6 +402,7 @@ int main(int argc, char** argv) {
     if (epoll_ctl(epoll_fd.get(), EPOLL_CTL_ADD, listen_fd.get(), &event) == -1) {
         lab::die_error("epoll_ctl", "", errno);
     }
+    // END SOLUTION
 
     const auto bound = lab::local_endpoint(listen_fd.get());
     if (!bound) lab::die_error("getsockname", "", errno);
