@@ -61,6 +61,10 @@ int main(int argc, char** argv) {
     lab::install_stop_handlers();
     const sigset_t while_waiting = block_stop_signals();
 
+    // BEGIN SOLUTION: create a datagram socket with socket() (local.family(), SOCK_DGRAM),
+    //   turn SO_REUSEADDR on with setsockopt() before bind(), and bind() it to `local`
+    //   (the wildcard address and the port); report failures with lab::die_error()
+    // STUB: const lab::Fd sock = lab::todo<lab::Fd>("lab 10: socket(), SO_REUSEADDR, bind()");
     // 1. socket(): a datagram socket; a broadcast is one datagram delivered to many.
     const lab::Fd sock(socket(local.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0));
     if (!sock) lab::die_error("socket", "", errno);
@@ -76,6 +80,7 @@ int main(int argc, char** argv) {
     if (bind(sock.get(), local.addr(), local.size) == -1) {
         lab::die_error("bind", lab::format_address(local), errno);
     }
+    // END SOLUTION
     const auto bound = lab::local_endpoint(sock.get());
     if (!bound) lab::die_error("getsockname", "", errno);
     lab::print_ready("udp", *bound);

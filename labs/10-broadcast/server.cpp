@@ -102,6 +102,11 @@ int main(int argc, char** argv) {
     lab::install_stop_handlers();
     const sigset_t while_waiting = block_stop_signals();
 
+    // BEGIN SOLUTION: create an IPv4 datagram socket with socket() (AF_INET, SOCK_DGRAM),
+    //   turn SO_BROADCAST on (`broadcast_flag ? 1 : 0`) with setsockopt() at SOL_SOCKET,
+    //   and bind() it to `local`; report failures with lab::die_error("socket",
+    //   "setsockopt SO_BROADCAST", "bind", ...)
+    // STUB: const lab::Fd sock = lab::todo<lab::Fd>("lab 10: socket(), SO_BROADCAST, bind()");
     // 1. socket(): broadcast is an IPv4 datagram feature; TCP cannot talk to many at once.
     const lab::Fd sock(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
     if (!sock) lab::die_error("socket", "", errno);
@@ -117,16 +122,20 @@ int main(int argc, char** argv) {
     if (bind(sock.get(), local.addr(), local.size) == -1) {
         lab::die_error("bind", lab::format_address(local), errno);
     }
+    // END SOLUTION
 
     // 3. sendto() the broadcast address, which the receivers never bind: they bind the
     //    port on 0.0.0.0, and the kernel hands each of them a copy.
     for (long long n = 1; (count == 0 || n <= count) && !lab::stop_requested(); ++n) {
         if (n > 1 && !pause_unless_stopped(interval_ms, while_waiting)) break;
         const std::string message = "broadcast " + std::to_string(n);
+        // BEGIN SOLUTION: send `message` with sendto() to `destination`, the broadcast address;
+        //   on failure lab::die_error("sendto", to_text, errno)
         if (sendto(sock.get(), message.data(), message.size(), 0, destination.addr(),
                    destination.size) == -1) {
             lab::die_error("sendto", to_text, errno);
         }
+        // END SOLUTION
         log("sent '", message, "' (", message.size(), " bytes) to ", to_text);
     }
 

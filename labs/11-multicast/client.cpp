@@ -53,6 +53,11 @@ sigset_t block_stop_signals() {  // as in lab 10: stop signals land only inside 
 
 // Joins the group on the interface (join == true), or leaves it.
 int membership(int fd, const lab::Endpoint& group, const mcast::Interface& interface, bool join) {
+    // BEGIN SOLUTION: join (or leave) with setsockopt() and return its result: IPv4
+    //   IP_ADD_MEMBERSHIP / IP_DROP_MEMBERSHIP at IPPROTO_IP with an ip_mreqn {the group's
+    //   sin_addr, interface.address, interface.index}; IPv6 IPV6_JOIN_GROUP /
+    //   IPV6_LEAVE_GROUP at IPPROTO_IPV6 with an ipv6_mreq {sin6_addr, interface.index}
+    // STUB: return lab::todo<int>("lab 11: IP_ADD_MEMBERSHIP / IP_DROP_MEMBERSHIP");
     if (group.family() == AF_INET) {
         const auto* in = reinterpret_cast<const sockaddr_in*>(&group.storage);
         const ip_mreqn request{in->sin_addr, interface.address, static_cast<int>(interface.index)};
@@ -63,6 +68,7 @@ int membership(int fd, const lab::Endpoint& group, const mcast::Interface& inter
     const ipv6_mreq request{in6->sin6_addr, interface.index};
     return setsockopt(fd, IPPROTO_IPV6, join ? IPV6_JOIN_GROUP : IPV6_LEAVE_GROUP, &request,
                       sizeof request);
+    // END SOLUTION
 }
 
 // The address to bind: --host if given, else the group itself. A link-local IPv6 group
@@ -103,6 +109,10 @@ int main(int argc, char** argv) {
     lab::install_stop_handlers();
     const sigset_t while_waiting = block_stop_signals();
 
+    // BEGIN SOLUTION: create a datagram socket with socket() (group.family(), SOCK_DGRAM),
+    //   turn SO_REUSEADDR on with setsockopt(), and bind() it to `local` (the group's address
+    //   and port); report failures with lab::die_error()
+    // STUB: const lab::Fd sock = lab::todo<lab::Fd>("lab 11: socket(), SO_REUSEADDR, bind()");
     // 1. socket(), and SO_REUSEADDR so that several receivers on this host share the port.
     const lab::Fd sock(socket(group.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0));
     if (!sock) lab::die_error("socket", "", errno);
@@ -116,6 +126,7 @@ int main(int argc, char** argv) {
     if (bind(sock.get(), local.addr(), local.size) == -1) {
         lab::die_error("bind", lab::format_address(local), errno);
     }
+    // END SOLUTION
 
     // 3. Join the group on the interface (the source notes' step 2b).
     if (membership(sock.get(), group, interface, true) == -1) {

@@ -75,6 +75,12 @@ void set_option(int fd, int level, int name, const void* value, socklen_t size, 
 // 2. The three multicast sender options, in their IPv4 and IPv6 spellings.
 void set_multicast_options(int fd, int family, const mcast::Interface& interface, int ttl,
                            int loop) {
+    // BEGIN SOLUTION: set the three sender options with set_option() (setsockopt() or die):
+    //   IPv4, at IPPROTO_IP: IP_MULTICAST_IF (an ip_mreqn with no group, interface.address
+    //   and interface.index), IP_MULTICAST_TTL (ttl) and IP_MULTICAST_LOOP (loop); IPv6, at
+    //   IPPROTO_IPV6: IPV6_MULTICAST_IF (interface.index as an int), IPV6_MULTICAST_HOPS
+    //   (ttl) and IPV6_MULTICAST_LOOP (loop)
+    // STUB: lab::not_implemented("lab 11: set_multicast_options(): IP_MULTICAST_IF, TTL, LOOP");
     if (family == AF_INET) {
         // IP_MULTICAST_IF wants a local interface (address or index), not the group.
         const ip_mreqn via{{}, interface.address, static_cast<int>(interface.index)};
@@ -92,6 +98,7 @@ void set_multicast_options(int fd, int family, const mcast::Interface& interface
         set_option(fd, IPPROTO_IPV6, IPV6_MULTICAST_LOOP, &loop, sizeof loop,
                    "setsockopt IPV6_MULTICAST_LOOP");
     }
+    // END SOLUTION
 }
 
 }  // namespace
@@ -130,9 +137,13 @@ int main(int argc, char** argv) {
     lab::install_stop_handlers();
     const sigset_t while_waiting = block_stop_signals();
 
+    // BEGIN SOLUTION: create a datagram socket with socket() (group.family(), SOCK_DGRAM);
+    //   on failure lab::die_error("socket", "", errno)
+    // STUB: const lab::Fd sock = lab::todo<lab::Fd>("lab 11: socket()");
     // 1. socket(): multicast, like broadcast, is a datagram feature.
     const lab::Fd sock(socket(group.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0));
     if (!sock) lab::die_error("socket", "", errno);
+    // END SOLUTION
 
     // 2. The outgoing interface, the TTL and the loopback copy (see above).
     set_multicast_options(sock.get(), group.family(), interface, static_cast<int>(ttl),

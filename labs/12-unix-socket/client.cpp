@@ -49,12 +49,17 @@ using Clock = std::chrono::steady_clock;
 
 // 1. socket() and 2. connect(): no bind(), the client's end stays unnamed.
 lab::Fd connect_stream(const lab::Endpoint& server, const std::string& server_text) {
+    // BEGIN SOLUTION: create a stream socket with socket() (AF_UNIX, SOCK_STREAM) and
+    //   connect() it to `server` (retry on EINTR); report failures with lab::die_error()
+    //   and return the socket
+    // STUB: return lab::todo<lab::Fd>("lab 12: socket(AF_UNIX) and connect()");
     lab::Fd sock(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!sock) lab::die_error("socket", "", errno);
     while (connect(sock.get(), server.addr(), server.size) == -1) {
         if (errno != EINTR) lab::die_error("connect", server_text, errno);
     }
     return sock;
+    // END SOLUTION
 }
 
 // ---------------------------------------------------------------- stream: like lab 03
@@ -91,6 +96,11 @@ int run_stream(const lab::Endpoint& server, const std::string& server_text) {
 //    for the same open file in the receiver's table. At least one byte of ordinary data
 //    must travel with it on a stream socket, so one NUL byte carries it.
 bool pass_descriptor(int sock, int fd) {
+    // BEGIN SOLUTION: send `fd` with sendmsg(): one byte of data (a NUL) in the iovec and
+    //   one control message of CMSG_SPACE(sizeof(int)) bytes, filled through
+    //   CMSG_FIRSTHDR() with SOL_SOCKET, SCM_RIGHTS, CMSG_LEN(sizeof(int)) and the
+    //   descriptor copied into CMSG_DATA(); retry on EINTR, return true once the byte is sent
+    // STUB: return lab::todo<bool>("lab 12: sendmsg() with SCM_RIGHTS");
     char carrier = '\0';
     iovec data{&carrier, 1};
     std::vector<char> control(CMSG_SPACE(sizeof(int)));
@@ -108,6 +118,7 @@ bool pass_descriptor(int sock, int fd) {
         if (sendmsg(sock, &msg, 0) == 1) return true;
         if (errno != EINTR) return false;
     }
+    // END SOLUTION
 }
 
 int run_send_fd(const lab::Endpoint& server, const std::string& server_text,

@@ -115,6 +115,12 @@ struct Received {
 // 5. recvmsg() instead of recv(): besides bytes it delivers control messages, here
 //    descriptors. Each one is installed in our table, so it goes into an Fd at once.
 Received receive(int fd, std::vector<char>& buffer, std::vector<char>& control) {
+    // BEGIN SOLUTION: receive with recvmsg() (MSG_CMSG_CLOEXEC) into a msghdr whose iovec is
+    //   `buffer` and whose control area is `control`; store its result in got.size, walk
+    //   the control messages with CMSG_FIRSTHDR()/CMSG_NXTHDR(), put every descriptor of
+    //   each SOL_SOCKET/SCM_RIGHTS one (memcpy() from CMSG_DATA()) into got.fds, and set
+    //   got.fds_truncated from MSG_CTRUNC in msg_flags
+    // STUB: return lab::todo<Received>("lab 12: recvmsg() with SCM_RIGHTS");
     iovec data{buffer.data(), buffer.size()};
     msghdr msg{};
     msg.msg_iov = &data;
@@ -135,6 +141,7 @@ Received receive(int fd, std::vector<char>& buffer, std::vector<char>& control) 
     }
     got.fds_truncated = (msg.msg_flags & MSG_CTRUNC) != 0;
     return got;
+    // END SOLUTION
 }
 
 // Sends back the content of a file the client opened and passed to us. pread() from
@@ -281,6 +288,12 @@ int main(int argc, char** argv) {
     lab::ignore_sigpipe();
     lab::install_stop_handlers();
 
+    // BEGIN SOLUTION: create the socket with socket() (AF_UNIX, where.type()) and bind it
+    //   with bind_private(); if that fails with EADDRINUSE on a path (not where.abstract()),
+    //   call remove_if_stale() and bind_private() once more; set in_use when the first bind
+    //   failed, and report failures with lab::die_error("socket"/"bind", ...)
+    // STUB: const lab::Fd sock = lab::todo<lab::Fd>("lab 12: socket(AF_UNIX) and bind()");
+    // STUB: const bool in_use = false;
     // 1. socket(): AF_UNIX (AF_LOCAL in the notes), a stream or a datagram socket.
     const lab::Fd sock(socket(AF_UNIX, where.type() | SOCK_CLOEXEC, 0));
     if (!sock) lab::die_error("socket", "", errno);
@@ -293,6 +306,7 @@ int main(int argc, char** argv) {
         remove_if_stale(where.path, where.type(), local);
         if (bind_private(sock.get(), local) == -1) lab::die_error("bind", local_text, errno);
     }
+    // END SOLUTION
     // From here on, leave through return, never exit(): SocketFile removes the file.
     std::optional<SocketFile> socket_file;
     if (!where.abstract()) socket_file.emplace(where.path);
