@@ -103,10 +103,14 @@ int echo(int fd, const std::string& peer, const lab::Log& log) {
 //     to the defaults, so SIGTERM from the parent (or ^C in the terminal) simply ends it.
 int run_child(const lab::Fd& conn, const std::string& peer, const Options& options,
               const sigset_t& original_mask, const lab::Log& log) {
+    // BEGIN SOLUTION: give the child back the default signal handling; set_disposition() to
+    //   SIG_DFL for SIGTERM, SIGINT and SIGCHLD, then let the signals in again with
+    //   sigprocmask(SIG_SETMASK, &original_mask, nullptr)
     set_disposition(SIGTERM, SIG_DFL);
     set_disposition(SIGINT, SIG_DFL);
     set_disposition(SIGCHLD, SIG_DFL);
     sigprocmask(SIG_SETMASK, &original_mask, nullptr);
+    // END SOLUTION
     if (options.idle_seconds > 0 && !set_idle_timeout(conn.get(), options.idle_seconds)) {
         lab::report_error("setsockopt", peer, errno);
     }
@@ -123,12 +127,15 @@ void log_exit(pid_t pid, int status, const lab::Log& log) {
 // 7. waitpid(-1, ..., WNOHANG) in a loop: one SIGCHLD may stand for several exits (signals
 //    do not queue), so collect every child that has ended, then stop without blocking.
 void reap_children(std::vector<pid_t>* children, const lab::Log& log) {
+    // BEGIN SOLUTION: reap every ended child with waitpid() in a loop (pid -1, WNOHANG) until
+    //   it returns 0 or -1; erase each reaped pid from *children and log it with log_exit()
     int status = 0;
     pid_t pid = 0;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
         std::erase(*children, pid);
         log_exit(pid, status, log);
     }
+    // END SOLUTION
 }
 
 // At shutdown: SIGTERM to every child still running, then wait for each one.
@@ -175,10 +182,16 @@ int main(int argc, char** argv) {
 
     lab::ignore_sigpipe();
     lab::install_stop_handlers();
-    set_disposition(SIGCHLD, on_child_exit);
     // The three signals that matter stay blocked except inside ppoll(), which lets them in
     // atomically while it waits. One that arrives while we are busy waits for ppoll(),
     // which then returns at once: no SIGCHLD or SIGTERM is ever missed.
+    // BEGIN SOLUTION: install on_child_exit() for SIGCHLD with set_disposition(), then block
+    //   SIGCHLD, SIGINT and SIGTERM with sigprocmask(SIG_BLOCK, &watched, &original_mask) (a
+    //   sigset_t built with sigemptyset() and sigaddset()), keeping the previous mask in
+    //   `original_mask` for ppoll() and the children
+    // STUB: const sigset_t original_mask =
+    // STUB:     lab::todo<sigset_t>("lab 04: a SIGCHLD handler, then sigprocmask()");
+    set_disposition(SIGCHLD, on_child_exit);
     sigset_t watched;
     sigset_t original_mask;
     sigemptyset(&watched);
@@ -186,6 +199,7 @@ int main(int argc, char** argv) {
         sigaddset(&watched, signo);
     }
     sigprocmask(SIG_BLOCK, &watched, &original_mask);
+    // END SOLUTION
 
     lab::Fd listen_fd = open_listener(local);
     const auto bound = lab::local_endpoint(listen_fd.get());
@@ -220,6 +234,11 @@ int main(int argc, char** argv) {
         const std::string peer = lab::format_address(peer_address);
 
         // 5. fork(): the child gets a copy of every descriptor, listen_fd and conn alike.
+        // BEGIN SOLUTION: fork() one child per connection; in the child (pid 0) close
+        //   listen_fd with listen_fd.reset() and return run_child(conn, peer, options,
+        //   original_mask, log) from main; on -1 lab::report_error("fork", peer, errno) and
+        //   continue; in the parent children.push_back(pid) and
+        //   log("client ", peer, " connected: child ", pid)
         const pid_t pid = fork();
         if (pid == 0) {
             listen_fd.reset();  // 5a. the child never accepts: it closes the listening socket
@@ -231,6 +250,7 @@ int main(int argc, char** argv) {
         }
         children.push_back(pid);
         log("client ", peer, " connected: child ", pid);
+        // END SOLUTION
         // 6. The parent closes its copy of conn as this iteration ends (conn's Fd); the
         //    child's copy keeps the connection open. Forget this and every connection
         //    leaks a descriptor here, and the client never sees end of stream.
