@@ -166,6 +166,12 @@ int main(int argc, char** argv) {
     lab::install_stop_handlers();
     // Block SIGINT and SIGTERM before any thread exists: every worker inherits the mask,
     // so a stop signal is never delivered to a worker, only to main inside ppoll().
+    // BEGIN SOLUTION: block SIGINT and SIGTERM with pthread_sigmask(SIG_BLOCK, ...) before any
+    //   thread starts (a sigset_t built with sigemptyset() and sigaddset()); keep the previous
+    //   mask in `wait_mask` and remove SIGINT and SIGTERM from it with sigdelset(), so that
+    //   ppoll() in wait_for_client() lets exactly the stop signals in
+    // STUB: const sigset_t wait_mask =
+    // STUB:     lab::todo<sigset_t>("lab 05: block the stop signals with pthread_sigmask()");
     sigset_t stop_signals;
     sigemptyset(&stop_signals);
     sigaddset(&stop_signals, SIGINT);
@@ -174,6 +180,7 @@ int main(int argc, char** argv) {
     pthread_sigmask(SIG_BLOCK, &stop_signals, &wait_mask);
     sigdelset(&wait_mask, SIGINT);
     sigdelset(&wait_mask, SIGTERM);
+    // END SOLUTION
 
     // 1. socket(): the listening socket, which only ever hands out connections.
     const lab::Fd listen_fd(socket(local.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
@@ -218,6 +225,10 @@ int main(int argc, char** argv) {
         log(peer, " connected (", connections.count(), " clients)");
         // 5. One thread per connection. The Fd is moved into it: from now on the thread
         //    alone owns the descriptor, and no shared fixed-size table is needed.
+        // BEGIN SOLUTION: hand the connection to a new std::thread running serve(), passing
+        //   std::move(conn), peer, std::ref(connections) and std::cref(log); keep it in
+        //   `workers` under its get_id(); if that throws std::system_error,
+        //   connections.remove(fd) and lab::report_message("thread for", peer, e.what())
         try {
             std::thread worker(serve, std::move(conn), peer, std::ref(connections), std::cref(log));
             const std::thread::id id = worker.get_id();
@@ -227,13 +238,17 @@ int main(int argc, char** argv) {
             connections.remove(fd);
             lab::report_message("thread for", peer, e.what());
         }
+        // END SOLUTION
     }
 
     // 8. Stop: no more accepts; wake every worker, then wait for each to finish.
     log("stopping on signal ", lab::stop_signal(), ": closing ", connections.count(),
         " connections");
+    // BEGIN SOLUTION: wake every worker with connections.shutdown_all() (SHUT_RDWR on each
+    //   live connection), then join() every thread in `workers`
     connections.shutdown_all();
     for (auto& [id, worker] : workers)
         worker.join();
+    // END SOLUTION
     return lab::kExitOk;
 }
