@@ -79,17 +79,25 @@ int main(int argc, char** argv) {
     lab::ignore_sigpipe();  // a server that closed early makes write() fail with EPIPE
 
     // 1. socket() and 2. connect()
+    // BEGIN SOLUTION: create a TCP socket with socket() (server.family(), SOCK_STREAM) and
+    //   connect() it to `server`, retrying on EINTR; lab::die_error("socket"/"connect", ...)
+    // STUB: const lab::Fd sock = lab::todo<lab::Fd>("lab 06: socket() and connect()");
     const lab::Fd sock(socket(server.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!sock) lab::die_error("socket", "", errno);
     while (connect(sock.get(), server.addr(), server.size) == -1) {
         if (errno != EINTR) lab::die_error("connect", server_text, errno);
     }
+    // END SOLUTION
 
     const long long sent = send_input(sock.get(), server_text);
     // 4. shutdown(SHUT_WR): "that was all". Our FIN goes out; reading still works.
+    // BEGIN SOLUTION: half-close the socket with shutdown() and SHUT_WR; do it only when
+    //   send_input() sent everything (sent >= 0), and on failure
+    //   lab::die_error("shutdown", server_text, errno)
     if (sent >= 0 && shutdown(sock.get(), SHUT_WR) == -1) {
         lab::die_error("shutdown", server_text, errno);
     }
+    // END SOLUTION
     const long long received = print_reply(sock.get(), server_text);
     if (sent < 0) return lab::kExitFailure;
     if (received != sent) {

@@ -101,6 +101,10 @@ bool receive_all(int fd, const std::string& peer, const Options& options, const 
             return false;
         }
         // Ask for one byte more than the limit allows, so "over the limit" is detectable.
+        // BEGIN SOLUTION: read() the next chunk onto the end of `data` (at most kChunk bytes,
+        //   never past limit + 1 bytes in all) and shrink `data` back to what arrived; at end
+        //   of stream (read() returns 0: the client's FIN) return true; retry on EINTR; on
+        //   another error lab::report_error("read", peer, errno) and return false
         const std::size_t have = data.size();
         data.resize(have + std::min(kChunk, limit + 1 - have));
         const ssize_t n = read(fd, data.data() + have, data.size() - have);
@@ -111,6 +115,7 @@ bool receive_all(int fd, const std::string& peer, const Options& options, const 
             lab::report_error("read", peer, errno);
             return false;
         }
+        // END SOLUTION
         if (data.size() > limit) {
             const std::string reply =
                 "server: more than " + std::to_string(limit) + " bytes; closing\n";
@@ -157,6 +162,12 @@ void serve(lab::Fd conn, const std::string& peer, const Options& options, const 
 }
 
 lab::Fd open_listener(const lab::Endpoint& local, const Options& options) {
+    // BEGIN SOLUTION: create the listening socket with socket() (SOCK_STREAM), set SO_REUSEADDR
+    //   (if options.reuseaddr) and SO_REUSEPORT (if options.reuseport) with setsockopt()
+    //   BEFORE bind(), then bind() to `local` and listen() with kBacklog; on failure
+    //   lab::die_error("socket", "setsockopt SO_REUSEADDR", "setsockopt SO_REUSEPORT",
+    //   "bind" or "listen", ...), and return the socket
+    // STUB: return lab::todo<lab::Fd>("lab 06: socket(), setsockopt(), bind() and listen()");
     // 1. socket()
     lab::Fd listen_fd(socket(local.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!listen_fd) lab::die_error("socket", "", errno);
@@ -181,6 +192,7 @@ lab::Fd open_listener(const lab::Endpoint& local, const Options& options) {
         lab::die_error("listen", lab::format_address(local), errno);
     }
     return listen_fd;
+    // END SOLUTION
 }
 
 }  // namespace
