@@ -195,10 +195,14 @@ private:
     }
 
     void relay(Outcome& out, const Client& sender, std::string_view text) {
+        // BEGIN SOLUTION: fan the message out to everyone but the sender, as one Send pushed
+        //   onto out.sends: to everyone(&sender), with the bytes "NAME: TEXT\n" (NAME is
+        //   sender.name()); and log "from NAME: N bytes, relayed to K" in out.log
         Send send{everyone(&sender), sender.name() + ": " + std::string(text) + "\n"};
         out.log.push_back("from " + sender.name() + ": " + std::to_string(text.size()) +
                           " bytes, relayed to " + std::to_string(send.to.size()));
         out.sends.push_back(std::move(send));
+        // END SOLUTION
     }
 
     void command(Outcome& out, Client& client, std::string_view line);

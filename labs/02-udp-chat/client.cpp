@@ -129,17 +129,28 @@ int main(int argc, char** argv) {
     // 1. socket() and 2. connect(): no packet is sent, but the kernel now picks our local
     //    address and port, drops datagrams from anyone but the server, and reports the
     //    ICMP error if nothing listens there.
+    // BEGIN SOLUTION: connect the socket to the server: socket() (server.family(),
+    //   SOCK_DGRAM), then connect() it to `server`; on a failure call
+    //   lab::die_error("socket"/"connect", server_text, errno)
+    // STUB: const lab::Fd sock = lab::todo<lab::Fd>("lab 02: socket() and connect()");
     const lab::Fd sock(socket(server.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0));
     if (!sock) lab::die_error("socket", "", errno);
     if (connect(sock.get(), server.addr(), server.size) == -1) {
         lab::die_error("connect", server_text, errno);
     }
+    // END SOLUTION
 
     // 3. send() /join, and wait for the welcome before saying we are ready.
     std::vector<char> buffer(kBufferSize);
     send_line(sock.get(), "/join", server_text);
     wait_for_welcome(sock.get(), buffer, server_text, timeout);
 
+    // BEGIN SOLUTION: poll() stdin and the socket together, until end of input or a stop
+    //   signal. Socket readable: receive() the datagram into `buffer` and print it with
+    //   lab::print_payload(without_newline(...)). Stdin readable: fill() a lab::LineReader
+    //   on STDIN_FILENO once, then send_line() each complete line its next() returns.
+    //   Keepalive: when nothing was sent for `keepalive` seconds (if > 0; ms_until() gives
+    //   poll() its timeout), send_line() an empty line
     // 4. poll() on standard input and the socket together: whichever is ready goes first.
     lab::LineReader input(STDIN_FILENO);
     std::vector<pollfd> watched{{STDIN_FILENO, POLLIN, 0}, {sock.get(), POLLIN, 0}};
@@ -163,6 +174,7 @@ int main(int argc, char** argv) {
             last_sent = Clock::now();
         }
     }
+    // END SOLUTION
 
     // 5. Say goodbye, so the others hear of it now and not after the idle timeout.
     send_line(sock.get(), "/quit", server_text);

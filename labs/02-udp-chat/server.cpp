@@ -103,6 +103,10 @@ int main(int argc, char** argv) {
     lab::ignore_sigpipe();
     lab::install_stop_handlers();
 
+    // BEGIN SOLUTION: create the relay's one socket: socket() (local.family(), SOCK_DGRAM)
+    //   and bind() it to `local`; on a failure call lab::die_error("socket"/"bind", address,
+    //   errno)
+    // STUB: const lab::Fd sock = lab::todo<lab::Fd>("lab 02: socket() and bind()");
     // 1. socket(): one datagram socket serves every client.
     const lab::Fd sock(socket(local.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0));
     if (!sock) lab::die_error("socket", "", errno);
@@ -111,12 +115,19 @@ int main(int argc, char** argv) {
     if (bind(sock.get(), local.addr(), local.size) == -1) {
         lab::die_error("bind", lab::format_address(local), errno);
     }
+    // END SOLUTION
     const auto bound = lab::local_endpoint(sock.get());
     if (!bound) lab::die_error("getsockname", "", errno);
     lab::print_ready("udp", *bound);
 
     std::vector<char> buffer(kBufferSize);
     while (!lab::stop_requested()) {
+        // BEGIN SOLUTION: poll() and recvfrom() one datagram, then let the Room decide: poll()
+        //   sock (POLLIN) for at most poll_timeout_ms(room) ms (lab::die_error("poll", ...) on
+        //   any error but EINTR); when it is readable, recvfrom() the datagram into `buffer`
+        //   and its sender into a lab::Endpoint (lab::report_error("recvfrom", ...) on any
+        //   error but EINTR), and pass the bytes and sender to
+        //   deliver(sock.get(), room.receive(peer, bytes, Clock::now()), log)
         // 3. poll(): wait for a datagram, but wake up in time to forget idle clients.
         pollfd ready{sock.get(), POLLIN, 0};
         const int n_ready = poll(&ready, 1, poll_timeout_ms(room));
@@ -136,6 +147,7 @@ int main(int argc, char** argv) {
                 deliver(sock.get(), room.receive(peer, bytes, Clock::now()), log);
             }
         }
+        // END SOLUTION
         deliver(sock.get(), room.expire(Clock::now()), log);
     }
 

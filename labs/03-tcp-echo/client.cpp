@@ -55,6 +55,10 @@ int main(int argc, char** argv) {
     lab::ignore_sigpipe();  // a server that has gone away makes write() fail with EPIPE
 
     // 1. socket() and 2. connect(): the three-way handshake happens here.
+    // BEGIN SOLUTION: connect to the server: socket() (server.family(), SOCK_STREAM) and
+    //   connect() it to `server`; on a failure call lab::die_error("socket"/"connect",
+    //   server_text, errno)
+    // STUB: const lab::Fd sock = lab::todo<lab::Fd>("lab 03: socket() and connect()");
     const lab::Fd sock(socket(server.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!sock) lab::die_error("socket", "", errno);
     // No retry on EINTR: an interrupted connect() goes on in the background, and calling
@@ -62,6 +66,7 @@ int main(int argc, char** argv) {
     if (connect(sock.get(), server.addr(), server.size) == -1) {
         lab::die_error("connect", server_text, errno);
     }
+    // END SOLUTION
 
     // 3. Send a line, then read until the echo has caught up with what was sent. The
     //    totals run over the whole connection, so bytes that arrive early or late are

@@ -84,6 +84,13 @@ void report_failure(const char* call, const std::string& peer, int err) {
 //    returns goes straight back, however the client's writes were cut up on the way.
 //    Returns how many bytes were echoed.
 unsigned long long echo(int fd, const std::string& peer, const lab::Log& log) {
+    // BEGIN SOLUTION: echo until end of stream: read() from fd into a kBufferSize buffer
+    //   (0 means the client closed; on EINTR go round again unless lab::stop_requested()),
+    //   log "from PEER: N bytes", send the N bytes back with write_echo() and add N to
+    //   `total`; on a failed read or write call report_failure("read"/"write", peer, errno)
+    //   and stop. Leave the loop when lab::stop_requested() too.
+    // STUB: unsigned long long total = 0;
+    // STUB: lab::not_implemented("lab 03: the read() and write_echo() loop");
     std::vector<char> buffer(kBufferSize);
     unsigned long long total = 0;
     while (!lab::stop_requested()) {
@@ -101,6 +108,7 @@ unsigned long long echo(int fd, const std::string& peer, const lab::Log& log) {
         }
         total += static_cast<unsigned long long>(n);
     }
+    // END SOLUTION
     return total;
 }
 
@@ -131,6 +139,10 @@ int main(int argc, char** argv) {
     lab::ignore_sigpipe();  // a client gone mid-echo makes write() fail with EPIPE instead
     lab::install_stop_handlers();
 
+    // BEGIN SOLUTION: create the listening socket: socket() (local.family(), SOCK_STREAM),
+    //   bind() it to `local` and listen() with a backlog of kBacklog; on a failure call
+    //   lab::die_error("socket"/"bind"/"listen", address, errno)
+    // STUB: const lab::Fd listen_fd = lab::todo<lab::Fd>("lab 03: socket(), bind() and listen()");
     // 1. socket(): the listening socket. It never carries data; it only hands out
     //    connections.
     const lab::Fd listen_fd(socket(local.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
@@ -146,12 +158,17 @@ int main(int argc, char** argv) {
     if (listen(listen_fd.get(), kBacklog) == -1) {
         lab::die_error("listen", lab::format_address(local), errno);
     }
+    // END SOLUTION
     const auto bound = lab::local_endpoint(listen_fd.get());
     if (!bound) lab::die_error("getsockname", "", errno);
     const std::string where = lab::format_address(*bound);
     lab::print_ready("tcp", *bound);
 
     while (!lab::stop_requested()) {
+        // BEGIN SOLUTION: accept the next client: accept4() on listen_fd (SOCK_CLOEXEC) into a
+        //   lab::Fd, filling a lab::Endpoint with the client's address; on a failure report
+        //   it with lab::report_error("accept", where, errno) unless errno is EINTR, and
+        //   continue; otherwise serve(conn, peer, idle_seconds, log)
         // 4. accept(): takes the oldest queued connection, and a new socket for it alone.
         lab::Endpoint peer;
         const lab::Fd conn(accept4(listen_fd.get(), peer.addr(), &peer.size, SOCK_CLOEXEC));
@@ -162,6 +179,7 @@ int main(int argc, char** argv) {
             continue;
         }
         serve(conn, peer, idle_seconds, log);
+        // END SOLUTION
         // 6. close(): conn's Fd closes the connection here; the client reads end of stream.
     }
 
