@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/endpoint.hpp"
+#include "common/error.hpp"
 
 namespace chat {
 
@@ -29,10 +30,10 @@ constexpr std::size_t kMaxNick = 16;
 
 // Every limit the relay keeps; server.cpp fills them from its flags.
 struct Limits {
-    std::size_t max_clients = 64;     // more addresses than this get "* server full"
-    std::size_t max_message = 1024;   // bytes; a longer datagram is refused
+    std::size_t max_clients = 64;    // more addresses than this get "* server full"
+    std::size_t max_message = 1024;  // bytes; a longer datagram is refused
     Clock::duration idle_timeout = std::chrono::seconds(300);  // silent clients are forgotten
-    long long rate = 20;              // datagrams a second per client; the excess is dropped
+    long long rate = 20;  // datagrams a second per client; the excess is dropped
 };
 
 // One datagram to send: the same bytes to every address in `to`.
@@ -73,7 +74,7 @@ inline std::string notice(std::string_view text) {
 }
 
 class Room {
-public:
+  public:
     explicit Room(Limits limits) : limits_(limits) {}
 
     // One datagram of `bytes` arrived from `from` at time `now`.
@@ -81,9 +82,11 @@ public:
         Outcome out;
         const std::string from_text = lab::format_address(from);
         if (bytes.size() > limits_.max_message) {  // checked first: relayed to nobody
-            tell(out, from, "message too long: " + std::to_string(bytes.size()) +
-                                " bytes, the limit is " + std::to_string(limits_.max_message));
-            out.log.push_back("refused " + std::to_string(bytes.size()) + " bytes from " + from_text);
+            tell(out, from,
+                 "message too long: " + std::to_string(bytes.size()) + " bytes, the limit is " +
+                     std::to_string(limits_.max_message));
+            out.log.push_back("refused " + std::to_string(bytes.size()) + " bytes from " +
+                              from_text);
             return out;
         }
         if (bytes.ends_with('\n')) bytes.remove_suffix(1);  // nc ends each line with one
@@ -137,7 +140,7 @@ public:
 
     [[nodiscard]] std::size_t size() const noexcept { return clients_.size(); }
 
-private:
+  private:
     Client* find(const lab::Endpoint& address) {
         const auto it = std::find_if(clients_.begin(), clients_.end(),
                                      [&](const Client& c) { return c.address == address; });
@@ -178,7 +181,7 @@ private:
 
     // A fixed one-second window per client: cheap, and enough to stop one sender from
     // making the relay multiply a flood.
-    bool over_rate(Outcome& out, Client& client, Clock::time_point now) {
+    bool over_rate(Outcome& out, Client& client, Clock::time_point now) const {
         if (now - client.window_start >= std::chrono::seconds(1)) {
             client.window_start = now;
             client.in_window = 0;
@@ -187,8 +190,9 @@ private:
         if (++client.in_window <= limits_.rate) return false;
         if (!client.warned) {  // one notice per window, not one per dropped datagram
             client.warned = true;
-            tell(out, client.address, "rate limit: " + std::to_string(limits_.rate) +
-                                          " messages a second; dropping the rest");
+            tell(out, client.address,
+                 "rate limit: " + std::to_string(limits_.rate) +
+                     " messages a second; dropping the rest");
             out.log.push_back("rate limit for " + client.name());
         }
         return true;
@@ -220,8 +224,8 @@ inline void Room::command(Outcome& out, Client& client, std::string_view line) {
     const std::string_view argument =
         space == std::string_view::npos ? std::string_view{} : line.substr(space + 1);
     if (name == "/join") {
-        tell(out, client.address, "welcome " + client.address_text + ", " +
-                                      std::to_string(clients_.size()) + " online");
+        tell(out, client.address,
+             "welcome " + client.address_text + ", " + std::to_string(clients_.size()) + " online");
     } else if (name == "/nick") {
         nick(out, client, argument);
     } else if (name == "/who") {
@@ -252,7 +256,8 @@ inline void Room::nick(Outcome& out, Client& client, std::string_view wanted) {
 
 inline void Room::who(Outcome& out, const Client& client) const {
     std::string list = std::to_string(clients_.size()) + " online:";
-    for (const Client& c : clients_) list += (&c == &clients_.front() ? " " : ", ") + c.name();
+    for (const Client& c : clients_)
+        list += (&c == &clients_.front() ? " " : ", ") + c.name();
     tell(out, client.address, list);
 }
 

@@ -30,7 +30,8 @@ namespace {
 constexpr std::uint16_t kDefaultPort = 9902;
 constexpr std::size_t kBufferSize = 65536;  // larger than any UDP payload
 
-constexpr const char* kUsage = R"(usage: client [--host ADDR] [--port N] [--timeout SECONDS] [--keepalive SECONDS]
+constexpr const char* kUsage =
+    R"(usage: client [--host ADDR] [--port N] [--timeout SECONDS] [--keepalive SECONDS]
        client [HOST [PORT]]
 UDP chat client: joins the relay, sends each line of stdin, prints what others say.
   -H, --host ADDR          server address (default 127.0.0.1)
@@ -156,8 +157,8 @@ int main(int argc, char** argv) {
     std::vector<pollfd> watched{{STDIN_FILENO, POLLIN, 0}, {sock.get(), POLLIN, 0}};
     auto last_sent = Clock::now();
     while (!lab::stop_requested() && !input.eof()) {
-        const auto next_keepalive = keepalive > 0 ? std::optional(last_sent + seconds(keepalive))
-                                                  : std::nullopt;
+        const auto next_keepalive =
+            keepalive > 0 ? std::optional(last_sent + seconds(keepalive)) : std::nullopt;
         const int n_ready = poll(watched.data(), watched.size(), ms_until(next_keepalive));
         if (n_ready == -1 && errno != EINTR) lab::die_error("poll", "", errno);
         if (n_ready == 0) {  // quiet for a while: an empty datagram says we are still here
@@ -170,7 +171,9 @@ int main(int argc, char** argv) {
         }
         if (watched[0].revents != 0) {
             if (input.fill() == -1 && errno != EINTR) lab::die_error("read", "stdin", errno);
-            while (auto line = input.next()) send_line(sock.get(), *line, server_text);
+            while (auto line = input.next()) {
+                send_line(sock.get(), *line, server_text);
+            }
             last_sent = Clock::now();
         }
     }

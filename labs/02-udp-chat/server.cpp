@@ -32,7 +32,7 @@ constexpr std::uint16_t kDefaultPort = 9902;
 // Larger than any UDP payload, so recvfrom() reports an oversized datagram's real size
 // instead of cutting it short.
 constexpr std::size_t kBufferSize = 65536;
-constexpr long long kMaxUdpPayload = 65507;  // IPv4: 65535 - 20 (IP) - 8 (UDP)
+constexpr long long kMaxUdpPayload = 65507;   // IPv4: 65535 - 20 (IP) - 8 (UDP)
 constexpr long long kMaxClientsLimit = 1000;  // keeps the /who answer within one datagram
 
 constexpr const char* kUsage = R"(usage: server [--host ADDR] [--port N] [--quiet] [--max-clients N]
@@ -63,7 +63,8 @@ int poll_timeout_ms(const chat::Room& room) {
 // Sends what the Room decided. One unreachable client must not stop the others getting
 // theirs, so a failed sendto() is reported and the loop goes on.
 void deliver(int sock, const chat::Outcome& outcome, const lab::Log& log) {
-    for (const std::string& line : outcome.log) log(line);
+    for (const std::string& line : outcome.log)
+        log(line);
     for (const chat::Send& send : outcome.sends) {
         for (const lab::Endpoint& to : send.to) {
             if (sendto(sock, send.bytes.data(), send.bytes.size(), 0, to.addr(), to.size) == -1) {
@@ -95,8 +96,8 @@ int main(int argc, char** argv) {
     chat::Limits limits;
     limits.max_clients = static_cast<std::size_t>(max_clients);
     limits.max_message = static_cast<std::size_t>(max_message);
-    limits.idle_timeout = std::chrono::duration_cast<Clock::duration>(
-        std::chrono::duration<double>(idle_seconds));
+    limits.idle_timeout =
+        std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(idle_seconds));
     limits.rate = rate;
     chat::Room room(limits);
 
@@ -136,8 +137,8 @@ int main(int argc, char** argv) {
             // 4. recvfrom(): the datagram, and who sent it. The sender's address is the
             //    only identity a UDP client has.
             lab::Endpoint peer;
-            const ssize_t n = recvfrom(sock.get(), buffer.data(), buffer.size(), 0,
-                                       peer.addr(), &peer.size);
+            const ssize_t n =
+                recvfrom(sock.get(), buffer.data(), buffer.size(), 0, peer.addr(), &peer.size);
             if (n == -1 && errno != EINTR) {
                 lab::report_error("recvfrom", lab::format_address(*bound), errno);
             }
