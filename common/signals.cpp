@@ -36,4 +36,16 @@ int stop_signal() noexcept {
     return g_stop_signal;
 }
 
+sigset_t block_stop_signals() {
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    sigset_t wait_mask;
+    pthread_sigmask(SIG_BLOCK, &stop_signals, &wait_mask);
+    sigdelset(&wait_mask, SIGINT);  // even if our parent had them blocked
+    sigdelset(&wait_mask, SIGTERM);
+    return wait_mask;
+}
+
 }  // namespace lab

@@ -7,9 +7,13 @@
 //    accept() or recvfrom() returns -1 with EINTR and the loop can look at the flag.
 //
 // A signal that lands between the loop's check of the flag and the blocking call is only
-// seen at the next event; event loops that must never miss it use ppoll()/epoll_pwait()
-// with a signal mask, or a self-pipe (labs 07 to 09 explain this).
+// seen at the next event. Programs that must never miss it block SIGINT and SIGTERM with
+// block_stop_signals() and wait in pselect()/ppoll()/epoll_pwait() with the mask it
+// returns: the wait unblocks them atomically, so they can land only there (labs 07 to
+// 09 explain this).
 #pragma once
+
+#include <csignal>
 
 namespace lab {
 
@@ -18,5 +22,9 @@ void install_stop_handlers();
 [[nodiscard]] bool stop_requested() noexcept;
 // The signal that asked to stop (SIGINT or SIGTERM), or 0.
 [[nodiscard]] int stop_signal() noexcept;
+
+// Blocks SIGINT and SIGTERM (in the calling thread, and in threads it starts later) and
+// returns the mask to wait with: the previous one, without those two.
+[[nodiscard]] sigset_t block_stop_signals();
 
 }  // namespace lab

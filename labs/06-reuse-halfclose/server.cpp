@@ -213,14 +213,7 @@ int main(int argc, char** argv) {
     lab::ignore_sigpipe();
     lab::install_stop_handlers();
     // SIGINT and SIGTERM stay blocked except while we wait in ppoll() (see wait_readable).
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    sigset_t wait_mask;
-    sigprocmask(SIG_BLOCK, &stop_signals, &wait_mask);
-    sigdelset(&wait_mask, SIGINT);
-    sigdelset(&wait_mask, SIGTERM);
+    const sigset_t wait_mask = lab::block_stop_signals();
 
     const lab::Fd listen_fd = open_listener(local, options);
     const auto bound = lab::local_endpoint(listen_fd.get());

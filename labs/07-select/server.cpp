@@ -304,14 +304,7 @@ int main(int argc, char** argv) {
     lab::ignore_sigpipe();  // a client that vanished makes write() fail with EPIPE instead
     lab::install_stop_handlers();
     // Block SIGINT and SIGTERM outside the wait; pselect() unblocks them while it waits.
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    sigset_t wait_mask;
-    sigprocmask(SIG_BLOCK, &stop_signals, &wait_mask);
-    sigdelset(&wait_mask, SIGINT);
-    sigdelset(&wait_mask, SIGTERM);
+    const sigset_t wait_mask = lab::block_stop_signals();
 
     Server server;
     server.listen_fd = open_listener(local);

@@ -359,14 +359,7 @@ int main(int argc, char** argv) {
     lab::ignore_sigpipe();
     lab::install_stop_handlers();
     // Block the stop signals; epoll_pwait() unblocks them with wait_mask while it waits.
-    sigset_t stop_signals;
-    sigset_t wait_mask;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    sigprocmask(SIG_BLOCK, &stop_signals, &wait_mask);
-    sigdelset(&wait_mask, SIGINT);  // even if our parent had them blocked
-    sigdelset(&wait_mask, SIGTERM);
+    const sigset_t wait_mask = lab::block_stop_signals();
 
     // BEGIN SOLUTION: create the listening socket with socket(), non-blocking
     //   (local.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC), set SO_REUSEADDR with

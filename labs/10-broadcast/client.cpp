@@ -37,16 +37,6 @@ UDP broadcast receiver: prints each datagram that arrives on PORT, one per line.
 
 // Blocks SIGINT and SIGTERM except while ppoll() waits, so a stop request can never slip
 // in between checking the flag and starting to wait. Returns the mask ppoll() should use.
-sigset_t block_stop_signals() {
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    sigset_t while_waiting;
-    sigprocmask(SIG_BLOCK, &stop_signals, &while_waiting);
-    return while_waiting;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -59,7 +49,7 @@ int main(int argc, char** argv) {
 
     lab::ignore_sigpipe();
     lab::install_stop_handlers();
-    const sigset_t while_waiting = block_stop_signals();
+    const sigset_t while_waiting = lab::block_stop_signals();
 
     // BEGIN SOLUTION: create a datagram socket with socket() (local.family(), SOCK_DGRAM),
     //   turn SO_REUSEADDR on with setsockopt() before bind(), and bind() it to `local`

@@ -59,16 +59,6 @@ lab::Endpoint ipv4_endpoint(const lab::Args& args, const std::string& host, std:
 
 // Blocks SIGINT and SIGTERM except while ppoll() waits, so a stop request can never slip
 // in between checking the flag and starting to wait. Returns the mask ppoll() should use.
-sigset_t block_stop_signals() {
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    sigset_t while_waiting;
-    sigprocmask(SIG_BLOCK, &stop_signals, &while_waiting);
-    return while_waiting;
-}
-
 // Sleeps `ms` milliseconds; returns false if a stop signal arrived meanwhile.
 bool pause_unless_stopped(long long ms, const sigset_t& while_waiting) {
     const timespec interval{static_cast<std::time_t>(ms / 1000),
@@ -100,7 +90,7 @@ int main(int argc, char** argv) {
 
     lab::ignore_sigpipe();
     lab::install_stop_handlers();
-    const sigset_t while_waiting = block_stop_signals();
+    const sigset_t while_waiting = lab::block_stop_signals();
 
     // BEGIN SOLUTION: create an IPv4 datagram socket with socket() (AF_INET, SOCK_DGRAM),
     //   turn SO_BROADCAST on (`broadcast_flag ? 1 : 0`) with setsockopt() at SOL_SOCKET,

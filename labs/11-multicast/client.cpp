@@ -41,16 +41,6 @@ UDP multicast receiver: joins GROUP, prints each datagram sent to GROUP:PORT.
       --help             this text
 )";
 
-sigset_t block_stop_signals() {  // as in lab 10: stop signals land only inside ppoll()
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    sigset_t while_waiting;
-    sigprocmask(SIG_BLOCK, &stop_signals, &while_waiting);
-    return while_waiting;
-}
-
 // Joins the group on the interface (join == true), or leaves it.
 int membership(int fd, const lab::Endpoint& group, const mcast::Interface& interface, bool join) {
     // BEGIN SOLUTION: join (or leave) with setsockopt() and return its result: IPv4
@@ -107,7 +97,7 @@ int main(int argc, char** argv) {
 
     lab::ignore_sigpipe();
     lab::install_stop_handlers();
-    const sigset_t while_waiting = block_stop_signals();
+    const sigset_t while_waiting = lab::block_stop_signals();
 
     // BEGIN SOLUTION: create a datagram socket with socket() (group.family(), SOCK_DGRAM),
     //   turn SO_REUSEADDR on with setsockopt(), and bind() it to `local` (the group's address

@@ -51,16 +51,6 @@ UDP multicast sender: sends "multicast 1", "multicast 2", ... to GROUP:PORT.
       --help             this text
 )";
 
-sigset_t block_stop_signals() {  // as in lab 10: stop signals land only inside ppoll()
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    sigset_t while_waiting;
-    sigprocmask(SIG_BLOCK, &stop_signals, &while_waiting);
-    return while_waiting;
-}
-
 bool pause_unless_stopped(long long ms, const sigset_t& while_waiting) {
     const timespec interval{static_cast<std::time_t>(ms / 1000),
                             static_cast<long>(ms % 1000) * 1'000'000L};
@@ -135,7 +125,7 @@ int main(int argc, char** argv) {
 
     lab::ignore_sigpipe();
     lab::install_stop_handlers();
-    const sigset_t while_waiting = block_stop_signals();
+    const sigset_t while_waiting = lab::block_stop_signals();
 
     // BEGIN SOLUTION: create a datagram socket with socket() (group.family(), SOCK_DGRAM);
     //   on failure lab::die_error("socket", "", errno)

@@ -90,6 +90,18 @@ TEST(WriteAll, RetriesWhenASignalInterrupts) {
     EXPECT_EQ(lab::stop_signal(), SIGINT);
 }
 
+TEST(Signals, BlockStopSignalsReturnsTheMaskToWaitWith) {
+    std::thread([] {  // a thread of its own, so the test's other threads keep their mask
+        const sigset_t wait_mask = lab::block_stop_signals();
+        sigset_t now;
+        pthread_sigmask(SIG_SETMASK, nullptr, &now);
+        EXPECT_EQ(sigismember(&now, SIGINT), 1);
+        EXPECT_EQ(sigismember(&now, SIGTERM), 1);
+        EXPECT_EQ(sigismember(&wait_mask, SIGINT), 0);
+        EXPECT_EQ(sigismember(&wait_mask, SIGTERM), 0);
+    }).join();
+}
+
 TEST(WriteAll, ReportsAPeerThatHasGone) {
     lab::ignore_sigpipe();
     Pair pair = socket_pair();
