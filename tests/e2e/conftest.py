@@ -485,6 +485,50 @@ needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopbac
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
+# ------------------------------------------------------- test hosts (scripts/netlab)
+
+NETLAB = REPO / "scripts" / "netlab"
+
+
+class Netlab:
+    """scripts/netlab with a namespace prefix of this test run's own."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.env = dict(os.environ, NETLAB_PREFIX=prefix)
+
+    def __call__(self, *args, check=True):
+        return subprocess.run([str(NETLAB), *args], env=self.env, capture_output=True,
+                              timeout=60, check=check)
+
+    def namespaces(self) -> list[str]:
+        out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                             check=True).stdout
+        return sorted(line.split()[0] for line in out.splitlines()
+                      if line.startswith(self.prefix))
+
+    def start(self, lab, host, prog, *args, ready=True) -> Program:
+        """Starts a lab program on a netlab host, stopped by the harness like any other."""
+        p = Program([NETLAB, "exec", host, lab.path(prog), *args], cwd=lab.tmp_path,
+                    env=self.env)
+        lab.programs.append(p)
+        if ready:
+            p.wait_ready()
+        return p
+
+
+@pytest.fixture(scope="module")
+def netlab(request):
+    """The test hosts of scripts/netlab, up for one test module and always taken down."""
+    num = lab_of(request.module.__name__) or "00"
+    net = Netlab("lab-%s%d-" % (chr(ord("a") + int(num) % 26), os.getpid()))
+    try:
+        net("up")
+        yield net
+    finally:
+        net("down", check=False)  # even when up, or a test, failed
+
+
 # ----------------------------------------------------------------- fault sweep summary
 
 _fault_results: dict[str, dict[str, list[str]]] = {}

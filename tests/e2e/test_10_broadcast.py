@@ -14,9 +14,8 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, Program, needs_root, open_fds, rss_kib, wait_until
+from conftest import NETLAB, Netlab, needs_root, open_fds, rss_kib, wait_until
 
-NETLAB = REPO / "scripts" / "netlab"
 MAX_IPV4_PAYLOAD = 65507
 FAST = ("--interval", "50")  # milliseconds between datagrams, so that tests stay quick
 
@@ -229,46 +228,9 @@ def test_receiver_survives_the_fault_sweep(start, run):
 
 # ------------------------------------------------- several hosts (needs root)
 
-class Netlab:
-    """scripts/netlab with a namespace prefix of this test run's own."""
-
-    def __init__(self, prefix: str):
-        self.prefix = prefix
-        self.env = dict(os.environ, NETLAB_PREFIX=prefix)
-
-    def __call__(self, *args, check=True):
-        return subprocess.run([str(NETLAB), *args], env=self.env, capture_output=True,
-                              timeout=60, check=check)
-
-    def namespaces(self) -> list[str]:
-        out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
-                             check=True).stdout
-        return sorted(line.split()[0] for line in out.splitlines()
-                      if line.startswith(self.prefix))
-
-    def start(self, lab, host, prog, *args, ready=True) -> Program:
-        """Starts a lab program on a netlab host, stopped by the harness like any other."""
-        p = Program([NETLAB, "exec", host, lab.path(prog), *args], cwd=lab.tmp_path,
-                    env=self.env)
-        lab.programs.append(p)
-        if ready:
-            p.wait_ready()
-        return p
-
-
 def link_names() -> set[str]:
     """The interfaces of this machine's own network namespace."""
     return set(os.listdir("/sys/class/net"))
-
-
-@pytest.fixture(scope="module")
-def netlab():
-    net = Netlab("lab-t%d-" % os.getpid())
-    try:
-        net("up")
-        yield net
-    finally:
-        net("down", check=False)  # even when up, or a test, failed
 
 
 @needs_root

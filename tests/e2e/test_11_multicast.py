@@ -16,9 +16,8 @@ import sys
 
 import pytest
 
-from conftest import REPO, Program, needs_root, open_fds, rss_kib, wait_until
+from conftest import needs_root, open_fds, rss_kib, wait_until
 
-NETLAB = REPO / "scripts" / "netlab"
 MAX_IPV4_PAYLOAD = 65507
 FAST = ("--interval", "50")  # milliseconds between datagrams, so that tests stay quick
 IP_RECVTTL = getattr(socket, "IP_RECVTTL", 12)
@@ -251,36 +250,6 @@ def test_receiver_survives_the_fault_sweep(start, run):
 
 
 # ------------------------------------------------- several hosts (needs root)
-
-class Netlab:
-    """scripts/netlab with a namespace prefix of this test run's own."""
-
-    def __init__(self, prefix: str):
-        self.env = dict(os.environ, NETLAB_PREFIX=prefix)
-
-    def __call__(self, *args, check=True):
-        return subprocess.run([str(NETLAB), *args], env=self.env, capture_output=True,
-                              timeout=60, check=check)
-
-    def start(self, lab, host, prog, *args, ready=True) -> Program:
-        """Starts a lab program on a netlab host, stopped by the harness like any other."""
-        p = Program([NETLAB, "exec", host, lab.path(prog), *args], cwd=lab.tmp_path,
-                    env=self.env)
-        lab.programs.append(p)
-        if ready:
-            p.wait_ready()
-        return p
-
-
-@pytest.fixture(scope="module")
-def netlab():
-    net = Netlab("lab-u%d-" % os.getpid())
-    try:
-        net("up")
-        yield net
-    finally:
-        net("down", check=False)  # even when up, or a test, failed
-
 
 @needs_root
 @pytest.mark.netns
