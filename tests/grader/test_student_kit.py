@@ -86,8 +86,11 @@ def test_unmodified_kit_builds_and_grades_near_zero(kit, tmp_path):
     out, _ = kit
     labs = ["01-udp-echo", "03-tcp-echo"]
     targets = ["build/%s/%s" % (lab, prog) for lab in labs for prog in ("server", "client")]
-    make = subprocess.run(["make", "-C", str(out), "-j2", "OPT=-O0", *targets],
-                          capture_output=True, timeout=300)
+    # The kit builds with warnings (its stubs leave helpers unused): never -Werror, even
+    # when this test runs under `make test WERROR=1`.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    make = subprocess.run(["make", "-C", str(out), "-j2", "OPT=-O0", "WERROR=0", *targets],
+                          capture_output=True, timeout=300, env=env)
     assert make.returncode == 0, make.stderr.decode()[-3000:]
     for target in targets:  # each program stops at its first TODO and says so
         p = subprocess.run([str(out / target), "--port", "0"], capture_output=True,
