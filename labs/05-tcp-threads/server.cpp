@@ -166,20 +166,12 @@ int main(int argc, char** argv) {
     lab::install_stop_handlers();
     // Block SIGINT and SIGTERM before any thread exists: every worker inherits the mask,
     // so a stop signal is never delivered to a worker, only to main inside ppoll().
-    // BEGIN SOLUTION: block SIGINT and SIGTERM with pthread_sigmask(SIG_BLOCK, ...) before any
-    //   thread starts (a sigset_t built with sigemptyset() and sigaddset()); keep the previous
-    //   mask in `wait_mask` and remove SIGINT and SIGTERM from it with sigdelset(), so that
-    //   ppoll() in wait_for_client() lets exactly the stop signals in
+    // BEGIN SOLUTION: block SIGINT and SIGTERM with lab::block_stop_signals() before any
+    //   thread starts (it calls pthread_sigmask(SIG_BLOCK, ...)), and keep the mask it
+    //   returns in `wait_mask`: ppoll() in wait_for_client() lets exactly the stop signals in
     // STUB: const sigset_t wait_mask =
-    // STUB:     lab::todo<sigset_t>("lab 05: block the stop signals with pthread_sigmask()");
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    sigset_t wait_mask;
-    pthread_sigmask(SIG_BLOCK, &stop_signals, &wait_mask);
-    sigdelset(&wait_mask, SIGINT);
-    sigdelset(&wait_mask, SIGTERM);
+    // STUB:     lab::todo<sigset_t>("lab 05: block the stop signals before any thread starts");
+    const sigset_t wait_mask = lab::block_stop_signals();
     // END SOLUTION
 
     // 1. socket(): the listening socket, which only ever hands out connections.
