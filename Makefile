@@ -175,8 +175,10 @@ build/fuzz/fuzz_%: tests/fuzz/fuzz_%.cpp $(COMMON_SRC) $(wildcard common/*.hpp l
 LINT_SRC := $(wildcard common/*.cpp labs/*/*.cpp tests/unit/*.cpp tests/fuzz/*.cpp tests/load/*.cpp)
 lint:
 	clang-format --dry-run -Werror $(LINT_SRC) $(wildcard common/*.hpp labs/*/*.hpp)
-	clang-tidy --quiet $(LINT_SRC) -- -std=c++20 -I. 2>&1 | grep -v 'warnings generated' ; \
-	    exit $${PIPESTATUS[0]}
+	@echo "clang-tidy on $(words $(LINT_SRC)) files, $(NPROC) at a time"
+	@printf '%s\n' $(LINT_SRC) | xargs -n1 -P$(NPROC) sh -c \
+	    'out=$$(clang-tidy --quiet "$$0" -- -std=c++20 -I. 2>&1); status=$$?; \
+	     printf "%s\n" "$$out" | grep -v "warnings generated" | grep . ; exit $$status'
 
 # Every lab's tour scenario with each program under memcheck (children followed): no
 # errors, no leaks, no descriptor beyond stdin/stdout/stderr left open at exit.

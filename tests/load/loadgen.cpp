@@ -51,7 +51,8 @@
 
 namespace {
 
-constexpr std::size_t kReadChunk = 64 * 1024;      // bytes per read(); also the largest datagram
+constexpr std::size_t kReadChunk =
+    std::size_t{64} * 1024;                        // bytes per read(); also the largest datagram
 constexpr int kMaxEvents = 1024;                   // events taken per epoll_wait()
 constexpr std::size_t kUdpSeqDigits = 16;          // UDP messages start with their number in hex
 constexpr std::int64_t kScanEveryNs = 50'000'000;  // how often timeouts are looked for
@@ -195,7 +196,7 @@ bool read_stat(int pid, ProcEntry* entry) {
         fields >> skip;          // priority .. vsize
     fields >> entry->rss_pages;  // field 24
     if (!fields) return false;
-    const double hz = static_cast<double>(sysconf(_SC_CLK_TCK));
+    const auto hz = static_cast<double>(sysconf(_SC_CLK_TCK));
     entry->pid = pid;
     entry->own_seconds = static_cast<double>(utime + stime) / hz;
     entry->children_seconds = static_cast<double>(cutime + cstime) / hz;
@@ -240,7 +241,7 @@ long long pss_kib(int pid) {
     std::ifstream in("/proc/" + std::to_string(pid) + "/smaps_rollup");
     std::string line;
     while (std::getline(in, line)) {
-        if (line.rfind("Pss:", 0) == 0) return std::atoll(line.c_str() + 4);
+        if (line.rfind("Pss:", 0) == 0) return std::strtoll(line.c_str() + 4, nullptr, 10);
     }
     return 0;
 }
@@ -267,7 +268,7 @@ ServerSample sample_server(int server, bool with_pss) {
     const long page_kib = sysconf(_SC_PAGESIZE) / 1024;
     if (with_pss) sample.pss_kib = 0;
     for (const auto& p : procs) {
-        const bool in_tree = included.count(p.pid) != 0;
+        const bool in_tree = included.contains(p.pid);
         if (p.pid == getpid() || !(in_tree || (leader && p.pgrp == server))) continue;
         // Threads that have ended are only in stat; live ones are exact in schedstat.
         sample.cpu_seconds += std::max(p.own_seconds, threads_runtime_seconds(p.pid));
@@ -304,7 +305,7 @@ void append_message(std::string& out, std::uint32_t conn, std::uint64_t seq, std
         i = kUdpSeqDigits;
     }
     for (; i + 1 < size; ++i) {
-        out.push_back(static_cast<char>('a' + (conn * 7 + seq * 13 + i) % 26));
+        out.push_back(static_cast<char>('a' + (std::uint64_t{conn} * 7 + seq * 13 + i) % 26));
     }
     out.push_back('\n');
 }
@@ -572,9 +573,8 @@ void LoadGen::read_datagrams(std::size_t i) {
         if (n == -1) return fail(i, std::string("recv: ") + std::strerror(errno));
         const auto size = static_cast<std::size_t>(n);
         if (size != size_) return fail(i, "a datagram of " + std::to_string(size) + " bytes");
-        std::uint64_t seq = 0;
         const std::string digits(buffer_.data(), kUdpSeqDigits);
-        std::sscanf(digits.c_str(), "%16" SCNx64, &seq);
+        const std::uint64_t seq = std::strtoull(digits.c_str(), nullptr, 16);
         const auto it = std::find_if(c.in_flight.begin(), c.in_flight.end(),
                                      [seq](const Pending& p) { return p.seq == seq; });
         if (it == c.in_flight.end()) {
@@ -776,7 +776,7 @@ std::vector<std::pair<std::string, std::string>> figures(const Options& o, const
             static_cast<double>(r.after.pss_kib - r.before.pss_kib) * 1024 / held);
     } else {
         const double cpu = r.window_end.cpu_seconds - r.window_start.cpu_seconds;
-        const double trips = static_cast<double>(r.round_trips);
+        const auto trips = static_cast<double>(r.round_trips);
         add("window_s", r.window_s);
         add("round_trips", trips);
         add("rt_per_s", r.window_s > 0 ? trips / r.window_s : 0);

@@ -37,7 +37,7 @@ TEST(Fd, MoveConstructionTransfersOwnership) {
     const int raw = open_null();
     lab::Fd a(raw);
     lab::Fd b(std::move(a));
-    EXPECT_EQ(a.get(), -1);  // NOLINT(bugprone-use-after-move): checking the moved-from state
+    EXPECT_EQ(a.get(), -1);  // NOLINT: checking the moved-from state
     EXPECT_EQ(b.get(), raw);
     EXPECT_TRUE(is_open(raw));
 }
@@ -50,7 +50,7 @@ TEST(Fd, MoveAssignmentClosesWhatItHeldBefore) {
     a = std::move(b);
     EXPECT_FALSE(is_open(first));
     EXPECT_EQ(a.get(), second);
-    EXPECT_EQ(b.get(), -1);  // NOLINT(bugprone-use-after-move)
+    EXPECT_EQ(b.get(), -1);  // NOLINT: the moved-from state
     EXPECT_TRUE(is_open(second));
 }
 

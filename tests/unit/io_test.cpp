@@ -68,7 +68,7 @@ TEST(WriteAll, RetriesWhenASignalInterrupts) {
     Pair pair = socket_pair();
     const int tiny = 4096;
     setsockopt(pair.writer.get(), SOL_SOCKET, SO_SNDBUF, &tiny, sizeof tiny);
-    const std::vector<char> data = pattern(256 * 1024);
+    const std::vector<char> data = pattern(std::size_t{256} * 1024);
     const pthread_t writer_thread = pthread_self();
     std::vector<char> got;
     std::thread reader([&] {
@@ -99,7 +99,8 @@ TEST(Signals, BlockStopSignalsReturnsTheMaskToWaitWith) {
         EXPECT_EQ(sigismember(&now, SIGTERM), 1);
         EXPECT_EQ(sigismember(&wait_mask, SIGINT), 0);
         EXPECT_EQ(sigismember(&wait_mask, SIGTERM), 0);
-    }).join();
+    })
+        .join();
 }
 
 TEST(WriteAll, ReportsAPeerThatHasGone) {
@@ -187,6 +188,7 @@ TEST(Log, LinesFromManyThreadsNeverInterleave) {
     testing::internal::CaptureStdout();
     const lab::Log log(false);
     std::vector<std::thread> threads;
+    threads.reserve(8);
     for (int t = 0; t < 8; ++t) {
         threads.emplace_back([&log, t] {
             for (int i = 0; i < 200; ++i)
