@@ -47,7 +47,7 @@ SAN_ENV    := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
               UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=86 \
               TSAN_OPTIONS=halt_on_error=1:exitcode=86:second_deadlock_stack=1
 
-.PHONY: all test unit e2e sanitize tsan tour deps clean help format lint fuzz valgrind bench student-kit
+.PHONY: all test unit e2e sanitize tsan tour deps clean help format lint fuzz valgrind bench student-kit test-grader
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -98,7 +98,13 @@ unit: $(UNIT_BIN)
 	$(SAN_ENV) $(UNIT_BIN) --gtest_brief=1
 
 e2e: $(PROGRAMS)
-	$(SAN_ENV) LABS_BIN=$(or $(LABS_BIN),$(abspath $(BUILD))) $(PYTEST) tests $(E2E_SELECT) $(PYTEST_ARGS)
+	$(SAN_ENV) LABS_BIN=$(or $(LABS_BIN),$(abspath $(BUILD))) $(PYTEST) $(E2E_SELECT) $(PYTEST_ARGS)
+
+# The instructors' tools: the grader and the student kit (slower: they run the suite's
+# own tests again against broken and unfinished builds).
+test-grader: deps
+	$(BUILD_ALL)
+	$(SAN_ENV) LABS_BIN=$(abspath $(BUILD)) $(PYTEST) tests/grader $(PYTEST_ARGS)
 
 # The same tests against a separate AddressSanitizer + UndefinedBehaviorSanitizer build.
 sanitize: deps
@@ -134,6 +140,7 @@ help:
 	@echo "make test            install what is missing, build, run unit then end-to-end tests"
 	@echo "make test LAB=07     one lab's end-to-end tests"
 	@echo "make unit            GoogleTest for common/"
+	@echo "make test-grader     tests of scripts/grade and of the student kit"
 	@echo "make e2e             pytest end-to-end tests (LABS_BIN=DIR to test another build)"
 	@echo "make sanitize        everything again under ASan + UBSan, in build/sanitize"
 	@echo "make tsan            the threaded labs under ThreadSanitizer, in build/tsan"
