@@ -47,7 +47,7 @@ SAN_ENV    := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
               UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=86 \
               TSAN_OPTIONS=halt_on_error=1:exitcode=86:second_deadlock_stack=1
 
-.PHONY: all test unit e2e sanitize tsan tour deps clean help format lint fuzz valgrind bench student-kit test-grader
+.PHONY: all test unit e2e sanitize tsan tour deps clean help format lint fuzz valgrind bench student-kit test-grader tools
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -164,7 +164,7 @@ FUZZ_FLAGS   := -std=c++20 -g -O1 -I. -fsanitize=fuzzer,address,undefined -fno-s
 
 # libFuzzer (clang): every parser in common/ and lab 02's relay logic, each for
 # FUZZ_SECONDS, starting from the checked-in seed corpus in tests/fuzz/corpus/NAME.
-fuzz: $(FUZZERS:%=build/fuzz/%)
+fuzz: tools $(FUZZERS:%=build/fuzz/%)
 	@for f in $(FUZZERS); do \
 	    name=$${f#fuzz_}; mkdir -p build/fuzz/corpus-$$name; \
 	    echo "fuzz: $$f for $(FUZZ_SECONDS)s"; \
@@ -174,13 +174,16 @@ fuzz: $(FUZZERS:%=build/fuzz/%)
 	    grep -h '^#.*DONE' build/fuzz/$$f.log || tail -1 build/fuzz/$$f.log; \
 	done
 
+tools:
+	@scripts/install-deps --tools
+
 build/fuzz/fuzz_%: tests/fuzz/fuzz_%.cpp $(COMMON_SRC) $(wildcard common/*.hpp labs/02-udp-chat/chat.hpp)
 	@mkdir -p $(@D)
 	clang++ $(FUZZ_FLAGS) $< $(COMMON_SRC) -o $@
 
 # clang-tidy with the checked-in .clang-tidy, and clang-format, over the whole tree.
 LINT_SRC := $(wildcard common/*.cpp labs/*/*.cpp tests/unit/*.cpp tests/fuzz/*.cpp tests/load/*.cpp)
-lint:
+lint: tools
 	clang-format --dry-run -Werror $(LINT_SRC) $(wildcard common/*.hpp labs/*/*.hpp)
 	@echo "clang-tidy on $(words $(LINT_SRC)) files, $(NPROC) at a time"
 	@printf '%s\n' $(LINT_SRC) | xargs -n1 -P$(NPROC) sh -c \
@@ -189,6 +192,6 @@ lint:
 
 # Every lab's tour scenario with each program under memcheck (children followed): no
 # errors, no leaks, no descriptor beyond stdin/stdout/stderr left open at exit.
-valgrind: deps
+valgrind: deps tools
 	$(BUILD_ALL)
 	$(PYTHON) scripts/tour --bin $(BUILD) --valgrind
