@@ -9,9 +9,7 @@ import threading
 
 import pytest
 
-from conftest import needs_ipv6, open_fds, rss_kib, udp_socket, wait_until
-
-MAX_IPV4_PAYLOAD = 65507
+from conftest import MAX_IPV4_PAYLOAD, needs_ipv6, open_fds, rss_kib, udp_socket, wait_until
 
 
 def echo_through(server, payload: bytes, family=socket.AF_INET) -> bytes:
