@@ -4,19 +4,11 @@
 #include <netinet/in.h>
 #include <sys/un.h>
 
+#include <cerrno>
 #include <cstddef>
 #include <cstring>
-#include <memory>
 
 namespace lab {
-
-std::uint16_t Endpoint::port() const noexcept {
-    if (family() == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in*>(&storage)->sin_port);
-    if (family() == AF_INET6) {
-        return ntohs(reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_port);
-    }
-    return 0;
-}
 
 bool operator==(const Endpoint& a, const Endpoint& b) noexcept {
     if (a.family() != b.family()) return false;
@@ -35,42 +27,47 @@ bool operator==(const Endpoint& a, const Endpoint& b) noexcept {
 }
 
 std::optional<std::uint16_t> parse_port(std::string_view text) noexcept {
-    if (text.empty() || text.size() > 5) return std::nullopt;
-    unsigned value = 0;
-    for (const char c : text) {
-        if (c < '0' || c > '9') return std::nullopt;
-        value = value * 10 + static_cast<unsigned>(c - '0');
-    }
-    if (value > 65535) return std::nullopt;
+    const bool digits = !text.empty() && text.size() <= 5 &&
+                        text.find_first_not_of("0123456789") == std::string_view::npos;
+    const int value = digits ? std::stoi(std::string(text)) : -1;
+    if (value < 0 || value > 65535) return std::nullopt;
     return static_cast<std::uint16_t>(value);
 }
 
 Resolution resolve(std::string_view host, std::uint16_t port, int socktype) {
-    Resolution result;
+    const std::string host_text(host);
+    const std::string port_text = std::to_string(port);
+    // A host of digits and dots, or with a ':', can only be meant as a literal.
+    const bool numeric = host.find(':') != std::string_view::npos ||
+                         host.find_first_not_of("0123456789.") == std::string_view::npos;
     addrinfo hints{};
     hints.ai_family = AF_UNSPEC;  // IPv4 or IPv6, whichever the host is
     hints.ai_socktype = socktype;
-    hints.ai_flags = AI_NUMERICSERV;  // the port is a number: never look it up
-    const std::string host_text(host);
-    const std::string port_text = std::to_string(port);
+    hints.ai_flags = AI_NUMERICSERV | AI_NUMERICHOST;  // first: a literal, no lookup at all
     addrinfo* list = nullptr;
-    result.gai_error = host_text.empty()
-                           ? EAI_NONAME
-                           : getaddrinfo(host_text.c_str(), port_text.c_str(), &hints, &list);
-    if (result.gai_error != 0) {
-        // EAI_SYSTEM means "look at errno"; every other code has its own text.
-        result.error =
-            result.gai_error == EAI_SYSTEM ? std::strerror(errno) : gai_strerror(result.gai_error);
-        return result;
+    int rc = host.empty() ? EAI_NONAME
+                          : getaddrinfo(host_text.c_str(), port_text.c_str(), &hints, &list);
+    if (rc == EAI_NONAME && !numeric && !host.empty()) {
+        hints.ai_flags = AI_NUMERICSERV;  // a name: now the resolver may look it up
+        rc = getaddrinfo(host_text.c_str(), port_text.c_str(), &hints, &list);
     }
-    const std::unique_ptr<addrinfo, decltype(&freeaddrinfo)> owner(list, freeaddrinfo);
+    Resolution found;
+    if (rc != 0) {
+        found.resolver_failed =
+            rc == EAI_AGAIN || rc == EAI_FAIL || rc == EAI_MEMORY || rc == EAI_SYSTEM;
+        found.error = numeric || host.empty() ? "not an IPv4 or IPv6 address"
+                      : rc == EAI_SYSTEM      ? std::strerror(errno)
+                                              : gai_strerror(rc);
+        return found;
+    }
     for (const addrinfo* ai = list; ai != nullptr; ai = ai->ai_next) {
         Endpoint endpoint;
         std::memcpy(&endpoint.storage, ai->ai_addr, ai->ai_addrlen);
         endpoint.size = ai->ai_addrlen;
-        result.endpoints.push_back(endpoint);
+        found.endpoints.push_back(endpoint);
     }
-    return result;
+    freeaddrinfo(list);
+    return found;
 }
 
 namespace {
@@ -88,20 +85,25 @@ std::string format_unix(const sockaddr* sa, socklen_t size) {
 }  // namespace
 
 std::string format_address(const sockaddr* sa, socklen_t size) {
-    // recvfrom() reports size 0 for a datagram from an unbound Unix socket.
-    if (size < sizeof(sa_family_t)) return "(unnamed)";
-    if (sa->sa_family == AF_UNIX) return format_unix(sa, size);
-    if (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) {
-        return "(family " + std::to_string(sa->sa_family) + ")";
-    }
+    const int saved_errno = errno;
+    std::string text;
     char host[NI_MAXHOST];
     char port[NI_MAXSERV];
-    if (getnameinfo(sa, size, host, sizeof host, port, sizeof port,
-                    NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
-        return "(unprintable address)";
+    if (size < sizeof(sa_family_t)) {  // recvfrom() reports 0 for an unbound Unix peer
+        text = "(unnamed)";
+    } else if (sa->sa_family == AF_UNIX) {
+        text = format_unix(sa, size);
+    } else if (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) {
+        text = "(family " + std::to_string(sa->sa_family) + ")";
+    } else if (getnameinfo(sa, size, host, sizeof host, port, sizeof port,
+                           NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+        text = "(unprintable address)";
+    } else {
+        text = sa->sa_family == AF_INET6 ? "[" + std::string(host) + "]:" + port
+                                         : std::string(host) + ":" + port;
     }
-    if (sa->sa_family == AF_INET6) return std::string("[") + host + "]:" + port;
-    return std::string(host) + ":" + port;
+    errno = saved_errno;
+    return text;
 }
 
 std::string format_address(const Endpoint& endpoint) {

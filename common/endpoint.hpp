@@ -1,7 +1,6 @@
-// endpoint.hpp - socket addresses: parse a host and a port, print any address.
-//
-// An Endpoint is a sockaddr_storage plus its length: big enough for IPv4, IPv6 and Unix
-// addresses alike, so the labs never cast between sockaddr_in and sockaddr_in6 by hand.
+// endpoint.hpp - socket addresses: parsed, looked up, printed. Labs 01 and 03 build theirs
+// by hand (sockaddr_in, htons, inet_pton, the getaddrinfo() loop); later labs use this.
+// An Endpoint holds any family (IPv4, IPv6, Unix): a sockaddr_storage and its length.
 #pragma once
 
 #include <sys/socket.h>
@@ -23,8 +22,6 @@ struct Endpoint {
         return reinterpret_cast<const sockaddr*>(&storage);
     }
     [[nodiscard]] int family() const noexcept { return storage.ss_family; }
-    // The port in host byte order, or 0 for a family without ports (AF_UNIX).
-    [[nodiscard]] std::uint16_t port() const noexcept;
 };
 
 // Two endpoints are equal when family, address, port (and IPv6 scope) match.
@@ -33,26 +30,22 @@ struct Endpoint {
 // Strict: digits only, 0..65535, nothing else ("9x", "-1", "", " 80" are all refused).
 [[nodiscard]] std::optional<std::uint16_t> parse_port(std::string_view text) noexcept;
 
-// The outcome of resolve(): the addresses found, or why there are none.
+// What getaddrinfo() finds for host and port (SOCK_STREAM or SOCK_DGRAM), or why nothing.
+// A literal (127.0.0.1, ::1) needs no lookup; a host of digits and dots, or with a ':', is
+// only ever taken as one: a mistyped 999.1.1.1 never becomes a DNS query.
 struct Resolution {
     std::vector<Endpoint> endpoints;
-    int gai_error = 0;  // 0, or the getaddrinfo() error code (EAI_NONAME, EAI_AGAIN, ...)
-    std::string error;  // gai_strerror() text when gai_error != 0
-
-    [[nodiscard]] bool ok() const noexcept { return gai_error == 0 && !endpoints.empty(); }
+    std::string error;             // why none were found ("" when some were)
+    bool resolver_failed = false;  // the lookup itself failed (no DNS), not the name
 };
-
-// Turns a host (IPv4 or IPv6 literal, or a name) and a port into socket addresses through
-// getaddrinfo(). `socktype` is SOCK_DGRAM or SOCK_STREAM.
 [[nodiscard]] Resolution resolve(std::string_view host, std::uint16_t port, int socktype);
 
-// "127.0.0.1:9901", "[::1]:9901", "[fe80::1%eth0]:9901", "/tmp/x.sock", "@name" (abstract
-// Unix name), "(unnamed)" (an unbound Unix socket), or "(family N)" for anything else.
+// "127.0.0.1:9901", "[::1]:9901", "/tmp/x.sock", "@name" (abstract), "(unnamed)". A Unix
+// name is a peer's raw choice: Log and the error functions escape it. Keeps errno.
 [[nodiscard]] std::string format_address(const sockaddr* sa, socklen_t size);
 [[nodiscard]] std::string format_address(const Endpoint& endpoint);
 
-// The address a socket is bound to (getsockname), for example to learn the port the
-// kernel chose for --port 0. Returns std::nullopt and sets errno on failure.
+// The address a socket is bound to (getsockname): the port the kernel chose for --port 0.
 [[nodiscard]] std::optional<Endpoint> local_endpoint(int fd);
 
 }  // namespace lab

@@ -1,10 +1,15 @@
-// error.hpp - one way to report failures, as `PROG: WHAT ADDRESS: REASON`.
+// error.hpp - failures reported as `PROG: WHAT ADDRESS: REASON`, and exit statuses.
 //
-// Two layers, as in Stevens' UNP: report_*() print and let the caller decide what to do
-// (drop one client, keep serving); die_*() print and exit, and belong in main-level code
-// where a failure means the program cannot go on (socket, bind at start-up).
+// Two layers, as in Stevens' UNP: warn() reports and lets the caller go on (drop one
+// client); die() reports and exits 1, where the program cannot go on (bind at start-up).
+// REASON is strerror(err), err is errno unless given: one line per call, as TLPI's errExit:
+//
+//   if (bind(fd, addr, size) == -1) lab::die("bind", where);
+//
+// Text from elsewhere (an address, a peer's socket name, an argument) is escaped.
 #pragma once
 
+#include <cerrno>
 #include <string>
 #include <string_view>
 
@@ -19,31 +24,26 @@ inline constexpr int kExitUsage = 2;
 void set_program_name(std::string_view argv0);
 [[nodiscard]] const std::string& program_name();
 
-// Builds "PROG: WHAT ADDRESS: REASON"; ADDRESS may be empty, and is then left out.
-[[nodiscard]] std::string format_error(std::string_view what, std::string_view address,
-                                       std::string_view reason);
+// `text` with every byte a terminal or a log could take for a command written as an
+// escape: control bytes as \n \r \t \xNN, a backslash as \\, bytes that are not UTF-8 as
+// \xNN, and the invisible Unicode controls (C1, bidirectional overrides) as \uNNNN.
+// Printable ASCII and valid UTF-8 text (names in Chinese, say) pass unchanged.
+[[nodiscard]] std::string escape(std::string_view text);
 
-// Prints one error line to stderr. The errno forms take the error number explicitly
-// (save errno right after the failing call: printing may change it).
-void report_error(std::string_view what, std::string_view address, int err);
-void report_message(std::string_view what, std::string_view address, std::string_view reason);
+// "PROG: WHAT WHERE: strerror(err)" on stderr; WHERE may be empty. die() then exits 1.
+void warn(std::string_view what, std::string_view where = {}, int err = errno);
+[[noreturn]] void die(std::string_view what, std::string_view where = {}, int err = errno);
 
-// Prints "PROG: TEXT", for messages that name no call (`no reply from ADDR within 2s`).
-void report(std::string_view text);
+// "PROG: TEXT" on stderr, for failures that have no errno. fatal() then exits 1.
+void note(std::string_view text);
+[[noreturn]] void fatal(std::string_view text);
 
-// Same, then exit(1).
-[[noreturn]] void die(std::string_view text);
-[[noreturn]] void die_error(std::string_view what, std::string_view address, int err);
-[[noreturn]] void die_message(std::string_view what, std::string_view address,
-                              std::string_view reason);
-
-// The student kit's placeholder for code a student has yet to write: prints
-// "PROG: not implemented: WHAT" and exits 1. todo<T>() does the same where a value of
-// type T is expected (`const lab::Fd sock = lab::todo<lab::Fd>("...");`).
-[[noreturn]] void not_implemented(std::string_view what);
+// The student kit's stand-in for a task not yet written: prints "PROG: not implemented:
+// task ID ..." and exits 1. todo<T>() does the same where a value of type T is expected.
+[[noreturn]] void todo(std::string_view task);
 template <typename T>
-[[noreturn]] T todo(std::string_view what) {
-    not_implemented(what);
+[[noreturn]] T todo(std::string_view task) {
+    todo(task);
 }
 
 }  // namespace lab

@@ -1,7 +1,5 @@
-// fd.hpp - a move-only owner of one file descriptor.
-//
-// Every socket in the labs lives in an Fd, so it is closed exactly once: when its owner
-// goes out of scope, on every path, including early returns and errors.
+// fd.hpp - a move-only owner of one file descriptor: every socket in the labs lives in an
+// Fd, so it is closed exactly once, when its owner goes out of scope, on every path.
 #pragma once
 
 #include <unistd.h>
@@ -25,14 +23,13 @@ class Fd {
     }
 
     [[nodiscard]] int get() const noexcept { return fd_; }
-    [[nodiscard]] bool valid() const noexcept { return fd_ >= 0; }
-    explicit operator bool() const noexcept { return valid(); }
+    explicit operator bool() const noexcept { return fd_ >= 0; }
 
     // Gives up ownership without closing: the caller now owns the number.
     [[nodiscard]] int release() noexcept { return std::exchange(fd_, -1); }
 
-    // Closes what is held (if anything) and takes ownership of `fd`.
-    // close() is not retried on EINTR: on Linux the descriptor is gone either way.
+    // Closes what is held (if anything) and takes ownership of `fd`. No retry of close()
+    // on EINTR: on Linux the descriptor is gone either way.
     void reset(int fd = -1) noexcept {
         const int old = std::exchange(fd_, fd);
         if (old >= 0) ::close(old);

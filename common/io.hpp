@@ -1,42 +1,45 @@
-// io.hpp - the small I/O pieces every lab would otherwise copy: complete writes, reading
-// standard input line by line, the ready line, and one log line per event.
+// io.hpp - the I/O pieces every lab would otherwise copy.
 #pragma once
 
+#include <sys/time.h>
 #include <sys/types.h>
 
+#include <concepts>
 #include <cstddef>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <string_view>
 
 #include "common/endpoint.hpp"
+#include "common/error.hpp"
 
 namespace lab {
 
-// Writes all `size` bytes, looping over short writes and retrying EINTR. Returns true on
-// success; false with errno set on failure (EPIPE, ECONNRESET, EAGAIN on a non-blocking fd).
-// A stream socket may accept fewer bytes than asked: one write() is never enough.
+// Writes all `size` bytes, looping over short writes: a socket may take fewer than asked.
+// False with errno set on failure (EPIPE, ECONNRESET, EAGAIN after SO_SNDTIMEO), and with
+// EINTR once a stop signal has arrived, so a peer that never reads cannot hold us up.
 [[nodiscard]] bool write_all(int fd, const void* data, std::size_t size);
 [[nodiscard]] inline bool write_all(int fd, std::string_view bytes) {
     return write_all(fd, bytes.data(), bytes.size());
 }
 
-// Reads a descriptor (standard input, usually) and hands out one line at a time, without
-// its '\n'. Bytes are bytes: NULs and invalid UTF-8 pass through. A last line without a
-// newline is still a line. Works with poll(): call fill() when the fd is readable, then
-// take every complete line with next().
+// Waits at most `seconds` for fd to be readable (poll). False on timeout, on an error, or
+// once a stop signal has arrived (lab::stop_requested() tells which).
+[[nodiscard]] bool wait_readable(int fd, double seconds);
+
+// Hands out a descriptor's input (stdin, usually) a line at a time, without its '\n'; the
+// last line may lack one. Bytes are bytes: NULs pass. With poll(): fill() when the fd is
+// readable, then next() until it has no complete line left.
 class LineReader {
   public:
     explicit LineReader(int fd) noexcept : fd_(fd) {}
 
-    // One read() into the buffer. Returns bytes read; 0 at end of input; -1 with errno set
-    // on error (EINTR and EAGAIN included: the caller decides whether to retry).
+    // One read() into the buffer: bytes read, 0 at end of input, -1 with errno set.
     ssize_t fill();
     // The next complete line if the buffer holds one; at end of input also the remainder.
     std::optional<std::string> next();
-    // Blocking convenience: fill() until a line is there; std::nullopt at end of input
-    // or on a read error (errno tells which: 0 for end of input).
+    // Blocking: fill() until a line is there. std::nullopt at end of input (errno 0), on a
+    // read error, or once a stop signal has arrived (errno EINTR).
     std::optional<std::string> read_line();
     [[nodiscard]] bool eof() const noexcept { return eof_; }
 
@@ -53,9 +56,9 @@ void print_ready(std::string_view proto, std::string_view where);
 // Writes `bytes` and a newline to stdout and flushes: how a client prints one reply.
 void print_payload(std::string_view bytes);
 
-// One human-readable log line per event on stdout, turned off by --quiet. Each line is
-// written with a single call under a lock, so lines from several threads never interleave.
-//   lab::Log log(quiet);
+// One log line per event on stdout, off with --quiet. Text pieces are escaped (a peer
+// chose them), numbers printed; one write per line under a lock: threads never interleave.
+//   const lab::Log log(quiet);
 //   log("from ", peer, ": ", n, " bytes");
 class Log {
   public:
@@ -64,14 +67,24 @@ class Log {
     template <typename... Parts>
     void operator()(const Parts&... parts) const {
         if (quiet_) return;
-        std::ostringstream line;
-        (line << ... << parts);
-        write_line(line.str());
+        std::string line;
+        (append(line, parts), ...);
+        write_line(std::move(line));
     }
 
   private:
+    static void append(std::string& line, std::string_view text) { line += escape(text); }
+    static void append(std::string& line, std::integral auto number) {
+        line += std::to_string(number);
+    }
     static void write_line(std::string line);
     bool quiet_;
 };
+
+// Seconds as the calls take them, rounded up: a small timeout never becomes 0, which
+// SO_RCVTIMEO reads as "never" and poll() as "do not wait". seconds_text(2) is "2s".
+[[nodiscard]] timeval to_timeval(double seconds);
+[[nodiscard]] int to_milliseconds(double seconds);
+[[nodiscard]] std::string seconds_text(double seconds);
 
 }  // namespace lab

@@ -1,51 +1,54 @@
 #include "common/signals.hpp"
 
-#include <csignal>
+#include <ctime>
 
 namespace lab {
 namespace {
-// The only mutable global state in the suite: what a signal handler may touch.
+
+// The only mutable global state in the suite: what a signal handler may touch. The timer
+// is created before any handler is installed and never changes afterwards.
 volatile std::sig_atomic_t g_stop_signal = 0;
+timer_t g_watchdog{};
+bool g_has_watchdog = false;
 
 extern "C" void on_stop_signal(int signo) {
+    if (g_stop_signal != 0) return;
     g_stop_signal = signo;
-}
-}  // namespace
-
-void ignore_sigpipe() {
-    struct sigaction action {};
-    action.sa_handler = SIG_IGN;
-    sigemptyset(&action.sa_mask);
-    sigaction(SIGPIPE, &action, nullptr);
+    if (g_has_watchdog) {  // timer_settime() is async-signal-safe
+        const itimerspec every_50ms{{0, 50'000'000}, {0, 50'000'000}};
+        timer_settime(g_watchdog, 0, &every_50ms, nullptr);
+    }
 }
 
-void install_stop_handlers() {
+extern "C" void on_alarm(int /*signo*/) {}  // it only has to interrupt a blocking call
+
+void catch_signal(int signo, void (*handler)(int)) {
     struct sigaction action {};
-    action.sa_handler = on_stop_signal;
+    action.sa_handler = handler;
     sigemptyset(&action.sa_mask);
     action.sa_flags = 0;  // no SA_RESTART: blocking calls return EINTR so loops notice
-    sigaction(SIGINT, &action, nullptr);
-    sigaction(SIGTERM, &action, nullptr);
+    sigaction(signo, &action, nullptr);
+}
+
+}  // namespace
+
+void handle_signals() {
+    catch_signal(SIGPIPE, SIG_IGN);
+    sigevent alarm{};
+    alarm.sigev_notify = SIGEV_SIGNAL;
+    alarm.sigev_signo = SIGALRM;
+    g_has_watchdog = timer_create(CLOCK_MONOTONIC, &alarm, &g_watchdog) == 0;
+    catch_signal(SIGALRM, on_alarm);
+    catch_signal(SIGINT, on_stop_signal);
+    catch_signal(SIGTERM, on_stop_signal);
 }
 
 bool stop_requested() noexcept {
     return g_stop_signal != 0;
 }
 
-int stop_signal() noexcept {
-    return g_stop_signal;
-}
-
-sigset_t block_stop_signals() {
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    sigset_t wait_mask;
-    pthread_sigmask(SIG_BLOCK, &stop_signals, &wait_mask);
-    sigdelset(&wait_mask, SIGINT);  // even if our parent had them blocked
-    sigdelset(&wait_mask, SIGTERM);
-    return wait_mask;
+const char* stop_signal_name() noexcept {
+    return g_stop_signal == SIGINT ? "SIGINT" : g_stop_signal == SIGTERM ? "SIGTERM" : "";
 }
 
 }  // namespace lab

@@ -1,30 +1,21 @@
-// signals.hpp - the two signal decisions every lab makes at start-up.
+// signals.hpp - how every lab stops within a second of SIGINT or SIGTERM, with status 0.
 //
-// 1. SIGPIPE is ignored: writing to a peer that has gone away then fails with EPIPE,
-//    which the lab handles for that one peer, instead of killing the whole program.
-// 2. SIGINT and SIGTERM set a flag (and nothing else: only async-signal-safe work belongs
-//    in a handler). They are installed without SA_RESTART, so a blocking call such as
-//    accept() or recvfrom() returns -1 with EINTR and the loop can look at the flag.
-//
-// A signal that lands between the loop's check of the flag and the blocking call is only
-// seen at the next event. Programs that must never miss it block SIGINT and SIGTERM with
-// block_stop_signals() and wait in pselect()/ppoll()/epoll_pwait() with the mask it
-// returns: the wait unblocks them atomically, so they can land only there (labs 07 to
-// 09 explain this).
+// handle_signals(), once at start-up, ignores SIGPIPE (a write to a vanished peer fails
+// with EPIPE instead of killing the program) and catches SIGINT and SIGTERM with a handler
+// that only sets a flag, without SA_RESTART: a blocking call (accept, recvfrom, read,
+// poll ...) returns -1 with EINTR, and the loop, which checks stop_requested() each time
+// round, leaves. A signal landing after that check but before the call blocks would find
+// nothing to interrupt, so the handler also starts a timer raising SIGALRM every 50 ms:
+// the next blocking call is interrupted too (signals.cpp; lab 03's handout explains).
 #pragma once
 
 #include <csignal>
 
 namespace lab {
 
-void ignore_sigpipe();
-void install_stop_handlers();
+void handle_signals();
 [[nodiscard]] bool stop_requested() noexcept;
-// The signal that asked to stop (SIGINT or SIGTERM), or 0.
-[[nodiscard]] int stop_signal() noexcept;
-
-// Blocks SIGINT and SIGTERM (in the calling thread, and in threads it starts later) and
-// returns the mask to wait with: the previous one, without those two.
-[[nodiscard]] sigset_t block_stop_signals();
+// "SIGINT" or "SIGTERM": the signal that asked to stop ("" before one came).
+[[nodiscard]] const char* stop_signal_name() noexcept;
 
 }  // namespace lab

@@ -67,24 +67,23 @@ int main(int argc, char** argv) {
     bool connected = false;
     lab::Args args(kUsage);
     args.host_port("127.0.0.1", kDefaultPort, lab::Positionals::kHostPort);
-    args.option("--timeout", &timeout, 0.001, 3600.0);
+    args.seconds("--timeout", &timeout);
     args.flag("--connect", &connected);
     args.parse(argc, argv);
     const lab::Endpoint server = args.endpoint(SOCK_DGRAM);
     const std::string server_text = lab::format_address(server);
 
-    lab::ignore_sigpipe();
-    lab::install_stop_handlers();
+    lab::handle_signals();
 
     // 1. socket(): no bind() needed; the first send gives the socket an ephemeral port.
     const lab::Fd sock(socket(server.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0));
-    if (!sock) lab::die_error("socket", "", errno);
+    if (!sock) lab::die("socket");
 
     // 2. (--connect) connect(): sends no packet at all on UDP. It fixes the peer, so
     //    send()/recv() need no address, and datagrams from anyone else are filtered out.
     // BEGIN SOLUTION: connect() the socket to `server` when --connect is given
     if (connected && connect(sock.get(), server.addr(), server.size) == -1) {
-        lab::die_error("connect", server_text, errno);
+        lab::die("connect", server_text);
     }
     // END SOLUTION
 
@@ -98,7 +97,7 @@ int main(int argc, char** argv) {
         const ssize_t sent = connected ? send(sock.get(), line->data(), line->size(), 0)
                                        : sendto(sock.get(), line->data(), line->size(), 0,
                                                 server.addr(), server.size);
-        if (sent == -1) lab::die_error(connected ? "send" : "sendto", server_text, errno);
+        if (sent == -1) lab::die(connected ? "send" : "sendto", server_text);
 
         // 4. Wait for the reply, but not forever.
         const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
@@ -106,7 +105,7 @@ int main(int argc, char** argv) {
         for (;;) {
             if (!wait_readable(sock.get(), deadline)) {
                 if (lab::stop_requested()) return lab::kExitFailure;
-                lab::die("no reply from " + server_text + " within " + seconds_text(timeout));
+                lab::fatal("no reply from " + server_text + " within " + seconds_text(timeout));
             }
             lab::Endpoint from;
             const ssize_t n = connected ? recv(sock.get(), reply.data(), reply.size(), 0)
@@ -116,7 +115,7 @@ int main(int argc, char** argv) {
                 if (errno == EINTR) continue;
                 // On a connected socket, ECONNREFUSED here is the ICMP "port unreachable"
                 // the kernel received for our datagram: nobody listens on that port.
-                lab::die_error(connected ? "recv" : "recvfrom", server_text, errno);
+                lab::die(connected ? "recv" : "recvfrom", server_text);
             }
             // An unconnected socket accepts datagrams from anyone: ignore strangers.
             if (!connected && !(from == server)) continue;
@@ -125,6 +124,6 @@ int main(int argc, char** argv) {
         }
         // END SOLUTION
     }
-    if (errno != 0) lab::die_error("read", "stdin", errno);
+    if (errno != 0) lab::die("read", "stdin");
     return lab::kExitOk;
 }

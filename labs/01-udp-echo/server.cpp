@@ -42,23 +42,22 @@ int main(int argc, char** argv) {
     const lab::Endpoint local = args.endpoint(SOCK_DGRAM);
     const lab::Log log(quiet);
 
-    lab::ignore_sigpipe();
-    lab::install_stop_handlers();
+    lab::handle_signals();
 
     // BEGIN SOLUTION: create the socket with socket() (local.family(), SOCK_DGRAM) and
-    //   bind() it to `local`; report a failure with lab::die_error("socket"/"bind", ...)
+    //   bind() it to `local`; report a failure with lab::die("socket"/"bind", ...)
     // STUB: const lab::Fd sock = lab::todo<lab::Fd>("lab 01: socket() and bind()");
     // 1. socket(): a datagram socket of the address's family, IPv4 or IPv6.
     const lab::Fd sock(socket(local.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0));
-    if (!sock) lab::die_error("socket", "", errno);
+    if (!sock) lab::die("socket");
 
     // 2. bind(): the address clients send to. With port 0 the kernel picks a free port.
     if (bind(sock.get(), local.addr(), local.size) == -1) {
-        lab::die_error("bind", lab::format_address(local), errno);
+        lab::die("bind", lab::format_address(local));
     }
     // END SOLUTION
     const auto bound = lab::local_endpoint(sock.get());
-    if (!bound) lab::die_error("getsockname", "", errno);
+    if (!bound) lab::die("getsockname");
     lab::print_ready("udp", *bound);
 
     // 3. recvfrom() and sendto(): one datagram in, the same bytes back out.
@@ -70,7 +69,7 @@ int main(int argc, char** argv) {
         const ssize_t n =
             recvfrom(sock.get(), buffer.data(), buffer.size(), 0, peer.addr(), &peer.size);
         if (n == -1) {
-            if (errno != EINTR) lab::report_error("recvfrom", lab::format_address(*bound), errno);
+            if (errno != EINTR) lab::warn("recvfrom", lab::format_address(*bound));
             continue;  // EINTR: a signal; the loop condition looks at the stop flag
         }
         // n may be 0: an empty datagram is a real message in UDP, not an end of anything.
@@ -78,12 +77,12 @@ int main(int argc, char** argv) {
         if (sendto(sock.get(), buffer.data(), static_cast<std::size_t>(n), 0, peer.addr(),
                    peer.size) == -1) {
             // One client's trouble (say, a full buffer) is reported and the server goes on.
-            lab::report_error("sendto", lab::format_address(peer), errno);
+            lab::warn("sendto", lab::format_address(peer));
         }
         // END SOLUTION
     }
 
     // 4. close(): the Fd does it as main returns.
-    log("stopping on signal ", lab::stop_signal());
+    log("stopping on ", lab::stop_signal_name());
     return lab::kExitOk;
 }

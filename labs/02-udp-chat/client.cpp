@@ -75,15 +75,15 @@ ssize_t receive(int sock, std::vector<char>& buffer, const std::string& server_t
     for (;;) {
         const ssize_t n = recv(sock, buffer.data(), buffer.size(), 0);
         if (n >= 0) return n;
-        if (errno != EINTR) lab::die_error("recv", server_text, errno);
+        if (errno != EINTR) lab::die("recv", server_text);
     }
 }
 
 // One line, one datagram. A line too long for UDP (EMSGSIZE) is reported and skipped.
 void send_line(int sock, std::string_view line, const std::string& server_text) {
     if (send(sock, line.data(), line.size(), 0) == -1) {
-        if (errno == ECONNREFUSED) lab::die_error("send", server_text, errno);
-        lab::report_error("send", server_text, errno);
+        if (errno == ECONNREFUSED) lab::die("send", server_text);
+        lab::warn("send", server_text);
     }
 }
 
@@ -94,17 +94,17 @@ void wait_for_welcome(int sock, std::vector<char>& buffer, const std::string& se
     while (!lab::stop_requested()) {
         pollfd ready{sock, POLLIN, 0};
         const int n_ready = poll(&ready, 1, ms_until(deadline));
-        if (n_ready == -1 && errno != EINTR) lab::die_error("poll", "", errno);
+        if (n_ready == -1 && errno != EINTR) lab::die("poll");
         if (n_ready == 0) {
-            lab::die("no welcome from " + server_text + " within " + seconds_text(timeout));
+            lab::fatal("no welcome from " + server_text + " within " + seconds_text(timeout));
         }
         if (n_ready != 1) continue;
         const std::string_view reply = without_newline(buffer, receive(sock, buffer, server_text));
         if (!reply.starts_with("* welcome ")) {
-            lab::die("not welcome at " + server_text + ": " + std::string(reply));
+            lab::fatal("not welcome at " + server_text + ": " + std::string(reply));
         }
         const auto local = lab::local_endpoint(sock);
-        if (!local) lab::die_error("getsockname", "", errno);
+        if (!local) lab::die("getsockname");
         lab::print_ready("udp", *local);  // our own address, as the server sees it
         lab::print_payload(reply);
         return;
@@ -118,26 +118,25 @@ int main(int argc, char** argv) {
     double keepalive = 60.0;
     lab::Args args(kUsage);
     args.host_port("127.0.0.1", kDefaultPort, lab::Positionals::kHostPort);
-    args.option("--timeout", &timeout, 0.001, 3600.0);
-    args.option("--keepalive", &keepalive, 0.0, 86400.0);
+    args.seconds("--timeout", &timeout);
+    args.seconds("--keepalive", &keepalive);
     args.parse(argc, argv);
     const lab::Endpoint server = args.endpoint(SOCK_DGRAM);
     const std::string server_text = lab::format_address(server);
 
-    lab::ignore_sigpipe();
-    lab::install_stop_handlers();
+    lab::handle_signals();
 
     // 1. socket() and 2. connect(): no packet is sent, but the kernel now picks our local
     //    address and port, drops datagrams from anyone but the server, and reports the
     //    ICMP error if nothing listens there.
     // BEGIN SOLUTION: connect the socket to the server: socket() (server.family(),
     //   SOCK_DGRAM), then connect() it to `server`; on a failure call
-    //   lab::die_error("socket"/"connect", server_text, errno)
+    //   lab::die("socket"/"connect", server_text)
     // STUB: const lab::Fd sock = lab::todo<lab::Fd>("lab 02: socket() and connect()");
     const lab::Fd sock(socket(server.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0));
-    if (!sock) lab::die_error("socket", "", errno);
+    if (!sock) lab::die("socket");
     if (connect(sock.get(), server.addr(), server.size) == -1) {
-        lab::die_error("connect", server_text, errno);
+        lab::die("connect", server_text);
     }
     // END SOLUTION
 
@@ -160,7 +159,7 @@ int main(int argc, char** argv) {
         const auto next_keepalive =
             keepalive > 0 ? std::optional(last_sent + seconds(keepalive)) : std::nullopt;
         const int n_ready = poll(watched.data(), watched.size(), ms_until(next_keepalive));
-        if (n_ready == -1 && errno != EINTR) lab::die_error("poll", "", errno);
+        if (n_ready == -1 && errno != EINTR) lab::die("poll");
         if (n_ready == 0) {  // quiet for a while: an empty datagram says we are still here
             send_line(sock.get(), "", server_text);
             last_sent = Clock::now();
@@ -170,7 +169,7 @@ int main(int argc, char** argv) {
             lab::print_payload(without_newline(buffer, receive(sock.get(), buffer, server_text)));
         }
         if (watched[0].revents != 0) {
-            if (input.fill() == -1 && errno != EINTR) lab::die_error("read", "stdin", errno);
+            if (input.fill() == -1 && errno != EINTR) lab::die("read", "stdin");
             while (auto line = input.next()) {
                 send_line(sock.get(), *line, server_text);
             }

@@ -68,7 +68,7 @@ void deliver(int sock, const chat::Outcome& outcome, const lab::Log& log) {
     for (const chat::Send& send : outcome.sends) {
         for (const lab::Endpoint& to : send.to) {
             if (sendto(sock, send.bytes.data(), send.bytes.size(), 0, to.addr(), to.size) == -1) {
-                lab::report_error("sendto", lab::format_address(to), errno);
+                lab::warn("sendto", lab::format_address(to));
             }
         }
     }
@@ -86,7 +86,7 @@ int main(int argc, char** argv) {
     args.host_port("127.0.0.1", kDefaultPort, lab::Positionals::kPort);
     args.flag("--quiet", &quiet);
     args.option("--max-clients", &max_clients, 1, kMaxClientsLimit);
-    args.option("--idle-timeout", &idle_seconds, 0.01, 86400.0);
+    args.seconds("--idle-timeout", &idle_seconds);
     args.option("--max-message", &max_message, 1, kMaxUdpPayload);
     args.option("--rate", &rate, 1, 1000000);
     args.parse(argc, argv);
@@ -101,38 +101,37 @@ int main(int argc, char** argv) {
     limits.rate = rate;
     chat::Room room(limits);
 
-    lab::ignore_sigpipe();
-    lab::install_stop_handlers();
+    lab::handle_signals();
 
     // BEGIN SOLUTION: create the relay's one socket: socket() (local.family(), SOCK_DGRAM)
-    //   and bind() it to `local`; on a failure call lab::die_error("socket"/"bind", address,
+    //   and bind() it to `local`; on a failure call lab::die("socket"/"bind", address,
     //   errno)
     // STUB: const lab::Fd sock = lab::todo<lab::Fd>("lab 02: socket() and bind()");
     // 1. socket(): one datagram socket serves every client.
     const lab::Fd sock(socket(local.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0));
-    if (!sock) lab::die_error("socket", "", errno);
+    if (!sock) lab::die("socket");
 
     // 2. bind(): the address every client sends to.
     if (bind(sock.get(), local.addr(), local.size) == -1) {
-        lab::die_error("bind", lab::format_address(local), errno);
+        lab::die("bind", lab::format_address(local));
     }
     // END SOLUTION
     const auto bound = lab::local_endpoint(sock.get());
-    if (!bound) lab::die_error("getsockname", "", errno);
+    if (!bound) lab::die("getsockname");
     lab::print_ready("udp", *bound);
 
     std::vector<char> buffer(kBufferSize);
     while (!lab::stop_requested()) {
         // BEGIN SOLUTION: poll() and recvfrom() one datagram, then let the Room decide: poll()
-        //   sock (POLLIN) for at most poll_timeout_ms(room) ms (lab::die_error("poll", ...) on
+        //   sock (POLLIN) for at most poll_timeout_ms(room) ms (lab::die("poll", ...) on
         //   any error but EINTR); when it is readable, recvfrom() the datagram into `buffer`
-        //   and its sender into a lab::Endpoint (lab::report_error("recvfrom", ...) on any
+        //   and its sender into a lab::Endpoint (lab::warn("recvfrom", ...) on any
         //   error but EINTR), and pass the bytes and sender to
         //   deliver(sock.get(), room.receive(peer, bytes, Clock::now()), log)
         // 3. poll(): wait for a datagram, but wake up in time to forget idle clients.
         pollfd ready{sock.get(), POLLIN, 0};
         const int n_ready = poll(&ready, 1, poll_timeout_ms(room));
-        if (n_ready == -1 && errno != EINTR) lab::die_error("poll", "", errno);
+        if (n_ready == -1 && errno != EINTR) lab::die("poll");
         if (n_ready == 1) {
             // 4. recvfrom(): the datagram, and who sent it. The sender's address is the
             //    only identity a UDP client has.
@@ -140,7 +139,7 @@ int main(int argc, char** argv) {
             const ssize_t n =
                 recvfrom(sock.get(), buffer.data(), buffer.size(), 0, peer.addr(), &peer.size);
             if (n == -1 && errno != EINTR) {
-                lab::report_error("recvfrom", lab::format_address(*bound), errno);
+                lab::warn("recvfrom", lab::format_address(*bound));
             }
             if (n >= 0) {
                 // 5. sendto() each copy: one datagram in, up to max-clients - 1 out.
@@ -153,6 +152,6 @@ int main(int argc, char** argv) {
     }
 
     // 6. close(): the Fd does it as main returns.
-    log("stopping on signal ", lab::stop_signal());
+    log("stopping on ", lab::stop_signal_name());
     return lab::kExitOk;
 }

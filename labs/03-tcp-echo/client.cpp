@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <string>
@@ -52,19 +53,19 @@ int main(int argc, char** argv) {
     const lab::Endpoint server = args.endpoint(SOCK_STREAM);
     const std::string server_text = lab::format_address(server);
 
-    lab::ignore_sigpipe();  // a server that has gone away makes write() fail with EPIPE
+    std::signal(SIGPIPE, SIG_IGN);  // a vanished peer makes write() fail with EPIPE
 
     // 1. socket() and 2. connect(): the three-way handshake happens here.
     // BEGIN SOLUTION: connect to the server: socket() (server.family(), SOCK_STREAM) and
-    //   connect() it to `server`; on a failure call lab::die_error("socket"/"connect",
-    //   server_text, errno)
+    //   connect() it to `server`; on a failure call lab::die("socket"/"connect",
+    //   server_text)
     // STUB: const lab::Fd sock = lab::todo<lab::Fd>("lab 03: socket() and connect()");
     const lab::Fd sock(socket(server.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!sock) lab::die_error("socket", "", errno);
+    if (!sock) lab::die("socket");
     // No retry on EINTR: an interrupted connect() goes on in the background, and calling
     // it again fails with EALREADY. No handler is installed here, so it cannot happen.
     if (connect(sock.get(), server.addr(), server.size) == -1) {
-        lab::die_error("connect", server_text, errno);
+        lab::die("connect", server_text);
     }
     // END SOLUTION
 
@@ -80,7 +81,7 @@ int main(int argc, char** argv) {
         for (;;) {
             const ssize_t n = read(sock.get(), buffer.data(), buffer.size());
             if (n == -1 && errno == EINTR) continue;
-            if (n == -1) lab::die_error("read", server_text, errno);
+            if (n == -1) lab::die("read", server_text);
             std::fwrite(buffer.data(), 1, static_cast<std::size_t>(n), stdout);
             std::fflush(stdout);
             received += static_cast<unsigned long long>(n);
@@ -89,16 +90,16 @@ int main(int argc, char** argv) {
     };
     while (auto line = input.read_line()) {
         line->push_back('\n');
-        if (!lab::write_all(sock.get(), *line)) lab::die_error("write", server_text, errno);
+        if (!lab::write_all(sock.get(), *line)) lab::die("write", server_text);
         sent += line->size();
         while (received < sent) {
             if (!read_some()) {
-                lab::die("connection closed by " + server_text + " after " +
-                         std::to_string(received) + " of " + std::to_string(sent) + " bytes");
+                lab::fatal("connection closed by " + server_text + " after " +
+                           std::to_string(received) + " of " + std::to_string(sent) + " bytes");
             }
         }
     }
-    if (errno != 0) lab::die_error("read", "stdin", errno);
+    if (errno != 0) lab::die("read", "stdin");
 
     // 4. shutdown(SHUT_WR): tell the server we are done (it reads end of stream), then
     //    read until it closes too. An echo sends back exactly what it got: more bytes
@@ -107,8 +108,8 @@ int main(int argc, char** argv) {
     while (read_some()) {
     }
     if (received != sent) {
-        lab::die(server_text + " sent " + std::to_string(received) + " bytes for the " +
-                 std::to_string(sent) + " we sent: not an echo");
+        lab::fatal(server_text + " sent " + std::to_string(received) + " bytes for the " +
+                   std::to_string(sent) + " we sent: not an echo");
     }
     return lab::kExitOk;
 }

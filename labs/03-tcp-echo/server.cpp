@@ -74,9 +74,9 @@ bool write_echo(int fd, const char* bytes, std::size_t size) {
 void report_failure(const char* call, const std::string& peer, int err) {
     if (err == EINTR) return;  // SIGTERM or SIGINT: main says that it is stopping
     if (err == EAGAIN || err == EWOULDBLOCK) {
-        lab::report_message(call, peer, "idle too long, dropping the client");
+        lab::note(std::string(call) + " " + peer + ": idle too long, dropping the client");
     } else {
-        lab::report_error(call, peer, err);  // ECONNRESET: the client reset the connection
+        lab::warn(call, peer, err);  // ECONNRESET: the client reset the connection
     }
 }
 
@@ -90,7 +90,7 @@ unsigned long long echo(int fd, const std::string& peer, const lab::Log& log) {
     //   `total`; on a failed read or write call report_failure("read"/"write", peer, errno)
     //   and stop. Leave the loop when lab::stop_requested() too.
     // STUB: unsigned long long total = 0;
-    // STUB: lab::not_implemented("lab 03: the read() and write_echo() loop");
+    // STUB: lab::todo("lab 03: the read() and write_echo() loop");
     std::vector<char> buffer(kBufferSize);
     unsigned long long total = 0;
     while (!lab::stop_requested()) {
@@ -117,7 +117,7 @@ void serve(const lab::Fd& conn, const lab::Endpoint& peer_address, double idle_s
     const std::string peer = lab::format_address(peer_address);
     log("client ", peer, " connected");
     if (idle_seconds > 0 && !set_idle_timeout(conn.get(), idle_seconds)) {
-        lab::report_error("setsockopt", peer, errno);
+        lab::warn("setsockopt", peer);
     }
     const unsigned long long total = echo(conn.get(), peer, log);
     log("client ", peer, " left after ", total, " bytes");
@@ -130,44 +130,43 @@ int main(int argc, char** argv) {
     double idle_seconds = kDefaultIdleSeconds;
     lab::Args args(kUsage);
     args.host_port("127.0.0.1", kDefaultPort, lab::Positionals::kPort);
-    args.option("--idle-timeout", &idle_seconds, 0.0, 86400.0);
+    args.seconds("--idle-timeout", &idle_seconds);
     args.flag("--quiet", &quiet);
     args.parse(argc, argv);
     const lab::Endpoint local = args.endpoint(SOCK_STREAM);
     const lab::Log log(quiet);
 
-    lab::ignore_sigpipe();  // a client gone mid-echo makes write() fail with EPIPE instead
-    lab::install_stop_handlers();
+    lab::handle_signals();
 
     // BEGIN SOLUTION: create the listening socket: socket() (local.family(), SOCK_STREAM),
     //   bind() it to `local` and listen() with a backlog of kBacklog; on a failure call
-    //   lab::die_error("socket"/"bind"/"listen", address, errno)
+    //   lab::die("socket"/"bind"/"listen", address)
     // STUB: const lab::Fd listen_fd = lab::todo<lab::Fd>("lab 03: socket(), bind() and listen()");
     // 1. socket(): the listening socket. It never carries data; it only hands out
     //    connections.
     const lab::Fd listen_fd(socket(local.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!listen_fd) lab::die_error("socket", "", errno);
+    if (!listen_fd) lab::die("socket");
 
     // 2. bind(): the address clients connect to. With port 0 the kernel picks one.
     if (bind(listen_fd.get(), local.addr(), local.size) == -1) {
-        lab::die_error("bind", lab::format_address(local), errno);
+        lab::die("bind", lab::format_address(local));
     }
 
     // 3. listen(): from here on the kernel completes handshakes by itself and queues up to
     //    kBacklog connections, whether or not we are calling accept().
     if (listen(listen_fd.get(), kBacklog) == -1) {
-        lab::die_error("listen", lab::format_address(local), errno);
+        lab::die("listen", lab::format_address(local));
     }
     // END SOLUTION
     const auto bound = lab::local_endpoint(listen_fd.get());
-    if (!bound) lab::die_error("getsockname", "", errno);
+    if (!bound) lab::die("getsockname");
     const std::string where = lab::format_address(*bound);
     lab::print_ready("tcp", *bound);
 
     while (!lab::stop_requested()) {
         // BEGIN SOLUTION: accept the next client: accept4() on listen_fd (SOCK_CLOEXEC) into a
         //   lab::Fd, filling a lab::Endpoint with the client's address; on a failure report
-        //   it with lab::report_error("accept", where, errno) unless errno is EINTR, and
+        //   it with lab::warn("accept", where) unless errno is EINTR, and
         //   continue; otherwise serve(conn, peer, idle_seconds, log)
         // 4. accept(): takes the oldest queued connection, and a new socket for it alone.
         lab::Endpoint peer;
@@ -175,7 +174,7 @@ int main(int argc, char** argv) {
         if (!conn) {
             // EINTR is a signal: the loop looks at the flag. Other errors (ECONNABORTED,
             // EMFILE) belong to one connection attempt; the server keeps listening.
-            if (errno != EINTR) lab::report_error("accept", where, errno);
+            if (errno != EINTR) lab::warn("accept", where);
             continue;
         }
         serve(conn, peer, idle_seconds, log);
@@ -183,6 +182,6 @@ int main(int argc, char** argv) {
         // 6. close(): conn's Fd closes the connection here; the client reads end of stream.
     }
 
-    log("stopping on signal ", lab::stop_signal());
+    log("stopping on ", lab::stop_signal_name());
     return lab::kExitOk;
 }

@@ -85,14 +85,14 @@ int echo(int fd, const std::string& peer, const lab::Log& log) {
         const ssize_t n = read(fd, buffer.data(), buffer.size());
         if (n == -1 && errno == EINTR) continue;
         const bool idle = n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK);
-        if (n == -1 && !idle) lab::report_error("read", peer, errno);  // ECONNRESET, say
+        if (n == -1 && !idle) lab::warn("read", peer);  // ECONNRESET, say
         if (n <= 0) {
             log("client ", peer, idle ? " idle too long" : " left", " after ", total, " bytes");
             return n == 0 ? lab::kExitOk : lab::kExitFailure;
         }
         log("from ", peer, ": ", n, " bytes");
         if (!lab::write_all(fd, buffer.data(), static_cast<std::size_t>(n))) {
-            lab::report_error("write", peer, errno);  // EAGAIN: it stopped reading its echo
+            lab::warn("write", peer);  // EAGAIN: it stopped reading its echo
             return lab::kExitFailure;
         }
         total += static_cast<unsigned long long>(n);
@@ -112,7 +112,7 @@ int run_child(const lab::Fd& conn, const std::string& peer, const Options& optio
     sigprocmask(SIG_SETMASK, &original_mask, nullptr);
     // END SOLUTION
     if (options.idle_seconds > 0 && !set_idle_timeout(conn.get(), options.idle_seconds)) {
-        lab::report_error("setsockopt", peer, errno);
+        lab::warn("setsockopt", peer);
     }
     return echo(conn.get(), peer, log);
 }
@@ -153,13 +153,13 @@ lab::Fd open_listener(const lab::Endpoint& local) {
     // 1. socket(). Non-blocking, so that an accept() after ppoll() can never hang on a
     //    connection that vanished in between; accepted sockets are still blocking.
     lab::Fd listen_fd(socket(local.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-    if (!listen_fd) lab::die_error("socket", "", errno);
+    if (!listen_fd) lab::die("socket");
     // 2. bind() and 3. listen(), as in lab 03.
     if (bind(listen_fd.get(), local.addr(), local.size) == -1) {
-        lab::die_error("bind", lab::format_address(local), errno);
+        lab::die("bind", lab::format_address(local));
     }
     if (listen(listen_fd.get(), kBacklog) == -1) {
-        lab::die_error("listen", lab::format_address(local), errno);
+        lab::die("listen", lab::format_address(local));
     }
     return listen_fd;
 }
@@ -173,15 +173,14 @@ int main(int argc, char** argv) {
     lab::Args args(kUsage);
     args.host_port("127.0.0.1", kDefaultPort, lab::Positionals::kPort);
     args.option("--max-children", &max_children, 1, kMaxChildrenCeiling);
-    args.option("--idle-timeout", &options.idle_seconds, 0.0, 86400.0);
+    args.seconds("--idle-timeout", &options.idle_seconds);
     args.flag("--quiet", &quiet);
     args.parse(argc, argv);
     options.max_children = static_cast<std::size_t>(max_children);
     const lab::Endpoint local = args.endpoint(SOCK_STREAM);
     const lab::Log log(quiet);
 
-    lab::ignore_sigpipe();
-    lab::install_stop_handlers();
+    lab::handle_signals();
     // The three signals that matter stay blocked except inside ppoll(), which lets them in
     // atomically while it waits. One that arrives while we are busy waits for ppoll(),
     // which then returns at once: no SIGCHLD or SIGTERM is ever missed.
@@ -203,7 +202,7 @@ int main(int argc, char** argv) {
 
     lab::Fd listen_fd = open_listener(local);
     const auto bound = lab::local_endpoint(listen_fd.get());
-    if (!bound) lab::die_error("getsockname", "", errno);
+    if (!bound) lab::die("getsockname");
     const std::string where = lab::format_address(*bound);
     lab::print_ready("tcp", *bound);
 
@@ -218,7 +217,7 @@ int main(int argc, char** argv) {
         was_full = full;
         pollfd waiting{full ? -1 : listen_fd.get(), POLLIN, 0};
         if (ppoll(&waiting, 1, nullptr, &original_mask) == -1) {
-            if (errno != EINTR) lab::die_error("ppoll", where, errno);
+            if (errno != EINTR) lab::die("ppoll", where);
             continue;  // a signal: reap, or see the stop flag
         }
 
@@ -228,7 +227,7 @@ int main(int argc, char** argv) {
         const lab::Fd conn(
             accept4(listen_fd.get(), peer_address.addr(), &peer_address.size, SOCK_CLOEXEC));
         if (!conn) {
-            if (errno != EAGAIN && errno != EINTR) lab::report_error("accept", where, errno);
+            if (errno != EAGAIN && errno != EINTR) lab::warn("accept", where);
             continue;
         }
         const std::string peer = lab::format_address(peer_address);
@@ -236,7 +235,7 @@ int main(int argc, char** argv) {
         // 5. fork(): the child gets a copy of every descriptor, listen_fd and conn alike.
         // BEGIN SOLUTION: fork() one child per connection; in the child (pid 0) close
         //   listen_fd with listen_fd.reset() and return run_child(conn, peer, options,
-        //   original_mask, log) from main; on -1 lab::report_error("fork", peer, errno) and
+        //   original_mask, log) from main; on -1 lab::warn("fork", peer) and
         //   continue; in the parent children.push_back(pid) and
         //   log("client ", peer, " connected: child ", pid)
         const pid_t pid = fork();
@@ -245,7 +244,7 @@ int main(int argc, char** argv) {
             return run_child(conn, peer, options, original_mask, log);
         }
         if (pid == -1) {
-            lab::report_error("fork", peer, errno);  // the client sees its connection close
+            lab::warn("fork", peer);  // the client sees its connection close
             continue;
         }
         children.push_back(pid);
@@ -256,7 +255,7 @@ int main(int argc, char** argv) {
         //    leaks a descriptor here, and the client never sees end of stream.
     }
 
-    log("stopping on signal ", lab::stop_signal(), ", ending ", children.size(), " children");
+    log("stopping on ", lab::stop_signal_name(), ", ending ", children.size(), " children");
     listen_fd.reset();  // stop accepting first: new clients get "Connection refused"
     stop_children(children, log);
     return lab::kExitOk;

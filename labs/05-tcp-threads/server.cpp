@@ -109,14 +109,14 @@ void serve(lab::Fd conn, const std::string& peer, Connections& connections, cons
         const ssize_t n = read(conn.get(), buffer.data(), buffer.size());
         if (n == -1 && errno == EINTR) continue;
         if (n == -1) {
-            lab::report_error("read", peer, errno);  // a reset: drop this client only
+            lab::warn("read", peer);  // a reset: drop this client only
             break;
         }
         if (n == 0) break;  // end of stream: the client closed (or SIGTERM shut us down)
         log("from ", peer, ": ", n, " bytes");
         // 7. write(): the echo; write_all finishes short writes.
         if (!lab::write_all(conn.get(), buffer.data(), static_cast<std::size_t>(n))) {
-            lab::report_error("write", peer, errno);
+            lab::warn("write", peer);
             break;
         }
     }
@@ -132,7 +132,7 @@ bool wait_for_client(int listen_fd, const sigset_t& wait_mask) {
     pollfd ready{listen_fd, POLLIN, 0};
     while (!lab::stop_requested()) {
         if (ppoll(&ready, 1, nullptr, &wait_mask) > 0) return true;
-        if (errno != EINTR) lab::die_error("ppoll", "", errno);
+        if (errno != EINTR) lab::die("ppoll");
     }
     return false;
 }
@@ -146,7 +146,7 @@ void join_ended(Connections& connections, std::map<std::thread::id, std::thread>
 
 void refuse(const lab::Fd& conn, const std::string& peer, const lab::Log& log) {
     log(peer, " refused: server busy");
-    if (!lab::write_all(conn.get(), kBusyReply)) lab::report_error("write", peer, errno);
+    if (!lab::write_all(conn.get(), kBusyReply)) lab::warn("write", peer);
 }
 
 }  // namespace
@@ -162,8 +162,7 @@ int main(int argc, char** argv) {
     const lab::Endpoint local = args.endpoint(SOCK_STREAM);
     const lab::Log log(quiet);
 
-    lab::ignore_sigpipe();
-    lab::install_stop_handlers();
+    lab::handle_signals();
     // Block SIGINT and SIGTERM before any thread exists: every worker inherits the mask,
     // so a stop signal is never delivered to a worker, only to main inside ppoll().
     // BEGIN SOLUTION: block SIGINT and SIGTERM with lab::block_stop_signals() before any
@@ -171,25 +170,29 @@ int main(int argc, char** argv) {
     //   returns in `wait_mask`: ppoll() in wait_for_client() lets exactly the stop signals in
     // STUB: const sigset_t wait_mask =
     // STUB:     lab::todo<sigset_t>("lab 05: block the stop signals before any thread starts");
-    const sigset_t wait_mask = lab::block_stop_signals();
+    sigset_t blocked;  // threads started from here on inherit this mask: main takes the signals
+    sigemptyset(&blocked);
+    for (const int signo : {SIGINT, SIGTERM, SIGALRM}) sigaddset(&blocked, signo);
+    sigset_t wait_mask;
+    pthread_sigmask(SIG_BLOCK, &blocked, &wait_mask);
     // END SOLUTION
 
     // 1. socket(): the listening socket, which only ever hands out connections.
     const lab::Fd listen_fd(socket(local.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!listen_fd) lab::die_error("socket", "", errno);
+    if (!listen_fd) lab::die("socket");
     // 2. bind(): SO_REUSEADDR first, so a restart is not refused while old connections
     //    linger in TIME_WAIT (lab 06 shows this).
     const int on = 1;
     setsockopt(listen_fd.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
     if (bind(listen_fd.get(), local.addr(), local.size) == -1) {
-        lab::die_error("bind", lab::format_address(local), errno);
+        lab::die("bind", lab::format_address(local));
     }
     // 3. listen(): from here the kernel completes handshakes on its own.
     if (listen(listen_fd.get(), kBacklog) == -1) {
-        lab::die_error("listen", lab::format_address(local), errno);
+        lab::die("listen", lab::format_address(local));
     }
     const auto bound = lab::local_endpoint(listen_fd.get());
-    if (!bound) lab::die_error("getsockname", "", errno);
+    if (!bound) lab::die("getsockname");
     lab::print_ready("tcp", *bound);
 
     Connections connections(static_cast<std::size_t>(max_clients));
@@ -204,7 +207,7 @@ int main(int argc, char** argv) {
             // ECONNABORTED: the client gave up while queued. EMFILE: out of descriptors;
             // pause, or ppoll() would report the same queued client again at once.
             const int err = errno;
-            lab::report_error("accept", lab::format_address(*bound), err);
+            lab::warn("accept", lab::format_address(*bound), err);
             if (err == EMFILE || err == ENFILE) std::this_thread::sleep_for(kBusyPause);
             continue;
         }
@@ -228,13 +231,13 @@ int main(int argc, char** argv) {
         } catch (const std::system_error& e) {
             // Out of threads or memory: the Fd inside the failed thread closed the socket.
             connections.remove(fd);
-            lab::report_message("thread for", peer, e.what());
+            lab::note("thread for " + peer + ": " + e.what());
         }
         // END SOLUTION
     }
 
     // 8. Stop: no more accepts; wake every worker, then wait for each to finish.
-    log("stopping on signal ", lab::stop_signal(), ": closing ", connections.count(),
+    log("stopping on ", lab::stop_signal_name(), ": closing ", connections.count(),
         " connections");
     // BEGIN SOLUTION: wake every worker with connections.shutdown_all() (SHUT_RDWR on each
     //   live connection), then join() every thread in `workers`

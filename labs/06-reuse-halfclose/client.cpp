@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <string>
@@ -41,10 +42,10 @@ long long send_input(int sock, const std::string& server_text) {
     for (;;) {
         const ssize_t n = read(STDIN_FILENO, chunk.data(), chunk.size());
         if (n == -1 && errno == EINTR) continue;
-        if (n == -1) lab::die_error("read", "stdin", errno);
+        if (n == -1) lab::die("read", "stdin");
         if (n == 0) return sent;
         if (!lab::write_all(sock, chunk.data(), static_cast<std::size_t>(n))) {
-            lab::report_error("write", server_text, errno);
+            lab::warn("write", server_text);
             return -1;
         }
         sent += n;
@@ -58,7 +59,7 @@ long long print_reply(int sock, const std::string& server_text) {
     for (;;) {
         const ssize_t n = read(sock, chunk.data(), chunk.size());
         if (n == -1 && errno == EINTR) continue;
-        if (n == -1) lab::die_error("read", server_text, errno);
+        if (n == -1) lab::die("read", server_text);
         if (n == 0) break;  // the server's FIN: the reply is complete
         std::fwrite(chunk.data(), 1, static_cast<std::size_t>(n), stdout);
         received += n;
@@ -76,16 +77,16 @@ int main(int argc, char** argv) {
     const lab::Endpoint server = args.endpoint(SOCK_STREAM);
     const std::string server_text = lab::format_address(server);
 
-    lab::ignore_sigpipe();  // a server that closed early makes write() fail with EPIPE
+    std::signal(SIGPIPE, SIG_IGN);  // a vanished peer makes write() fail with EPIPE
 
     // 1. socket() and 2. connect()
     // BEGIN SOLUTION: create a TCP socket with socket() (server.family(), SOCK_STREAM) and
-    //   connect() it to `server`, retrying on EINTR; lab::die_error("socket"/"connect", ...)
+    //   connect() it to `server`, retrying on EINTR; lab::die("socket"/"connect", ...)
     // STUB: const lab::Fd sock = lab::todo<lab::Fd>("lab 06: socket() and connect()");
     const lab::Fd sock(socket(server.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!sock) lab::die_error("socket", "", errno);
+    if (!sock) lab::die("socket");
     while (connect(sock.get(), server.addr(), server.size) == -1) {
-        if (errno != EINTR) lab::die_error("connect", server_text, errno);
+        if (errno != EINTR) lab::die("connect", server_text);
     }
     // END SOLUTION
 
@@ -93,16 +94,16 @@ int main(int argc, char** argv) {
     // 4. shutdown(SHUT_WR): "that was all". Our FIN goes out; reading still works.
     // BEGIN SOLUTION: half-close the socket with shutdown() and SHUT_WR; do it only when
     //   send_input() sent everything (sent >= 0), and on failure
-    //   lab::die_error("shutdown", server_text, errno)
+    //   lab::die("shutdown", server_text)
     if (sent >= 0 && shutdown(sock.get(), SHUT_WR) == -1) {
-        lab::die_error("shutdown", server_text, errno);
+        lab::die("shutdown", server_text);
     }
     // END SOLUTION
     const long long received = print_reply(sock.get(), server_text);
     if (sent < 0) return lab::kExitFailure;
     if (received != sent) {
-        lab::die("got " + std::to_string(received) + " bytes back from " + server_text + " for " +
-                 std::to_string(sent) + " sent");
+        lab::fatal("got " + std::to_string(received) + " bytes back from " + server_text + " for " +
+                   std::to_string(sent) + " sent");
     }
     // 6. close() (by the Fd). We sent the first FIN, so our side now waits in TIME_WAIT.
     return lab::kExitOk;

@@ -82,7 +82,7 @@ Wait wait_readable(int fd, double timeout, const sigset_t& wait_mask) {
         const int n = ppoll(&ready, 1, timeout < 0 ? nullptr : &limit, &wait_mask);
         if (n > 0) return Wait::kReady;
         if (n == 0) return Wait::kTimedOut;
-        if (errno != EINTR) lab::die_error("ppoll", "", errno);
+        if (errno != EINTR) lab::die("ppoll");
     }
 }
 
@@ -96,7 +96,7 @@ bool receive_all(int fd, const std::string& peer, const Options& options, const 
         const Wait waited = wait_readable(fd, options.timeout, wait_mask);
         if (waited == Wait::kStop) return false;
         if (waited == Wait::kTimedOut) {
-            lab::report_message("read", peer,
+            lab::note("read " + peer + ": " +
                                 "nothing for " + seconds_text(options.timeout) + "; dropped");
             return false;
         }
@@ -104,7 +104,7 @@ bool receive_all(int fd, const std::string& peer, const Options& options, const 
         // BEGIN SOLUTION: read() the next chunk onto the end of `data` (at most kChunk bytes,
         //   never past limit + 1 bytes in all) and shrink `data` back to what arrived; at end
         //   of stream (read() returns 0: the client's FIN) return true; retry on EINTR; on
-        //   another error lab::report_error("read", peer, errno) and return false
+        //   another error lab::warn("read", peer) and return false
         const std::size_t have = data.size();
         data.resize(have + std::min(kChunk, limit + 1 - have));
         const ssize_t n = read(fd, data.data() + have, data.size() - have);
@@ -112,14 +112,14 @@ bool receive_all(int fd, const std::string& peer, const Options& options, const 
         if (n == 0) return true;  // the client's FIN: it has shut down its sending side
         if (n == -1) {
             if (errno == EINTR) continue;
-            lab::report_error("read", peer, errno);
+            lab::warn("read", peer);
             return false;
         }
         // END SOLUTION
         if (data.size() > limit) {
             const std::string reply =
                 "server: more than " + std::to_string(limit) + " bytes; closing\n";
-            lab::report_message("read", peer,
+            lab::note("read " + peer + ": " +
                                 "more than " + std::to_string(limit) + " bytes; closed");
             (void)lab::write_all(fd, reply);  // best effort: the peer may be gone already
             return false;
@@ -149,10 +149,10 @@ void serve(lab::Fd conn, const std::string& peer, const Options& options, const 
     if (!lab::write_all(conn.get(), data.data(), data.size())) {
         const int err = errno;
         if (err == EAGAIN) {
-            lab::report_message(
-                "write", peer, "reply not read for " + seconds_text(options.timeout) + "; dropped");
+            lab::note("write " + peer + ": reply not read for " + seconds_text(options.timeout) +
+                      "; dropped");
         } else {
-            lab::report_error("write", peer, err);
+            lab::warn("write", peer, err);
         }
         return;
     }
@@ -165,31 +165,31 @@ lab::Fd open_listener(const lab::Endpoint& local, const Options& options) {
     // BEGIN SOLUTION: create the listening socket with socket() (SOCK_STREAM), set SO_REUSEADDR
     //   (if options.reuseaddr) and SO_REUSEPORT (if options.reuseport) with setsockopt()
     //   BEFORE bind(), then bind() to `local` and listen() with kBacklog; on failure
-    //   lab::die_error("socket", "setsockopt SO_REUSEADDR", "setsockopt SO_REUSEPORT",
+    //   lab::die("socket", "setsockopt SO_REUSEADDR", "setsockopt SO_REUSEPORT",
     //   "bind" or "listen", ...), and return the socket
     // STUB: return lab::todo<lab::Fd>("lab 06: socket(), setsockopt(), bind() and listen()");
     // 1. socket()
     lab::Fd listen_fd(socket(local.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!listen_fd) lab::die_error("socket", "", errno);
+    if (!listen_fd) lab::die("socket");
     // 2. setsockopt(), before bind(): bind() is where the kernel checks the port.
     //    SO_REUSEADDR: bind even though old connections on this port are in TIME_WAIT.
     //    SO_REUSEPORT: let other sockets (with the same option and owner) listen here too.
     const int on = 1;
     if (options.reuseaddr &&
         setsockopt(listen_fd.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) == -1) {
-        lab::die_error("setsockopt SO_REUSEADDR", "", errno);
+        lab::die("setsockopt SO_REUSEADDR");
     }
     if (options.reuseport &&
         setsockopt(listen_fd.get(), SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) == -1) {
-        lab::die_error("setsockopt SO_REUSEPORT", "", errno);
+        lab::die("setsockopt SO_REUSEPORT");
     }
     // 3. bind(): without SO_REUSEADDR this is where "Address already in use" appears.
     if (bind(listen_fd.get(), local.addr(), local.size) == -1) {
-        lab::die_error("bind", lab::format_address(local), errno);
+        lab::die("bind", lab::format_address(local));
     }
     // 4. listen()
     if (listen(listen_fd.get(), kBacklog) == -1) {
-        lab::die_error("listen", lab::format_address(local), errno);
+        lab::die("listen", lab::format_address(local));
     }
     return listen_fd;
     // END SOLUTION
@@ -202,7 +202,7 @@ int main(int argc, char** argv) {
     lab::Args args(kUsage);
     args.host_port("127.0.0.1", kDefaultPort, lab::Positionals::kPort);
     args.option("--max-bytes", &options.max_bytes, 1, kMostBytes);
-    args.option("--timeout", &options.timeout, 0.001, 3600.0);
+    args.seconds("--timeout", &options.timeout);
     args.flag("--no-reuseaddr", &options.reuseaddr, false);
     args.flag("--reuseport", &options.reuseport);
     args.flag("--quiet", &options.quiet);
@@ -210,14 +210,14 @@ int main(int argc, char** argv) {
     const lab::Endpoint local = args.endpoint(SOCK_STREAM);
     const lab::Log log(options.quiet);
 
-    lab::ignore_sigpipe();
-    lab::install_stop_handlers();
+    lab::handle_signals();
     // SIGINT and SIGTERM stay blocked except while we wait in ppoll() (see wait_readable).
-    const sigset_t wait_mask = lab::block_stop_signals();
+    sigset_t wait_mask;  // nothing blocked: the stop signals may land anywhere
+    pthread_sigmask(SIG_SETMASK, nullptr, &wait_mask);
 
     const lab::Fd listen_fd = open_listener(local, options);
     const auto bound = lab::local_endpoint(listen_fd.get());
-    if (!bound) lab::die_error("getsockname", "", errno);
+    if (!bound) lab::die("getsockname");
     lab::print_ready("tcp", *bound);
 
     // One client at a time: the lesson is the close sequence, not concurrency.
@@ -226,11 +226,11 @@ int main(int argc, char** argv) {
         lab::Endpoint peer;
         lab::Fd conn(accept4(listen_fd.get(), peer.addr(), &peer.size, SOCK_CLOEXEC));
         if (!conn) {
-            lab::report_error("accept", lab::format_address(*bound), errno);
+            lab::warn("accept", lab::format_address(*bound));
             continue;
         }
         serve(std::move(conn), lab::format_address(peer), options, wait_mask, log);
     }
-    log("pid ", getpid(), ": stopping on signal ", lab::stop_signal());
+    log("pid ", getpid(), ": stopping on ", lab::stop_signal_name());
     return lab::kExitOk;
 }

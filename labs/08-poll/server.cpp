@@ -87,19 +87,19 @@ lab::Fd open_listener(const lab::Endpoint& local) {
     // BEGIN SOLUTION: create the listening socket with socket(), non-blocking
     //   (local.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC), set SO_REUSEADDR with
     //   setsockopt(), bind() it to `local`, listen() with SOMAXCONN and return the lab::Fd;
-    //   on failure lab::die_error("socket" / "bind" / "listen", ..., errno)
+    //   on failure lab::die("socket" / "bind" / "listen", ...)
     // STUB: return lab::todo<lab::Fd>("lab 08: socket(), bind() and listen() in open_listener()");
     // 1. socket(), non-blocking: accept() must return EAGAIN, not wait, when the queue is
     //    empty (a client may reset between poll() and accept()).
     lab::Fd fd(socket(local.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-    if (!fd) lab::die_error("socket", "", errno);
+    if (!fd) lab::die("socket");
     const int on = 1;  // restart at once even while old connections sit in TIME_WAIT (lab 06)
     setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
     // 2. bind() and 3. listen(), with the longest queue the kernel allows.
     if (bind(fd.get(), local.addr(), local.size) == -1) {
-        lab::die_error("bind", lab::format_address(local), errno);
+        lab::die("bind", lab::format_address(local));
     }
-    if (listen(fd.get(), SOMAXCONN) == -1) lab::die_error("listen", "", errno);
+    if (listen(fd.get(), SOMAXCONN) == -1) lab::die("listen");
     return fd;
     // END SOLUTION
 }
@@ -121,7 +121,7 @@ bool shed_connection(Server& server) {
     if (server.spare) {
         server.spare.reset();
         lab::Fd fd(accept4(server.listen_fd.get(), nullptr, nullptr, SOCK_CLOEXEC));
-        const bool shed = fd.valid();  // false: the queue was empty (EMFILE comes first)
+        const bool shed = static_cast<bool>(fd);  // false: the queue was empty (EMFILE comes first)
         refuse(std::move(fd));
         server.spare.reset(open("/dev/null", O_RDONLY | O_CLOEXEC));
         if (server.spare) return shed;
@@ -135,7 +135,7 @@ void accept_clients(Server& server) {
     // BEGIN SOLUTION: accept every waiting connection with accept4() until EAGAIN; use
     //   SOCK_NONBLOCK | SOCK_CLOEXEC, retry on EINTR and ECONNABORTED, on EMFILE or ENFILE
     //   call shed_connection(server) (go on while it returns true, else return), report
-    //   other errors with lab::report_error("accept", ...). For each new client: clear
+    //   other errors with lab::warn("accept", ...). For each new client: clear
     //   server.out_of_fds; if server.clients.size() >= server.max_clients, log "refused
     //   PEER: server busy (descriptor FD, N clients)" and refuse() it; else push_back a
     //   pollfd{fd, 0, 0} on server.fds and a Client on server.clients (fds[i + 1] is
@@ -150,7 +150,7 @@ void accept_clients(Server& server) {
                 if (shed_connection(server)) continue;
                 return;
             }
-            if (errno != EAGAIN && errno != EWOULDBLOCK) lab::report_error("accept", "", errno);
+            if (errno != EAGAIN && errno != EWOULDBLOCK) lab::warn("accept");
             return;
         }
         server.out_of_fds = false;
@@ -269,7 +269,7 @@ void serve(Server& server, const sigset_t& wait_mask) {
         // BEGIN SOLUTION: wait in ppoll() and serve the ready sockets; call
         //   ppoll(server.fds.data(), server.fds.size(), timeout, &wait_mask) with the timeout
         //   &kAcceptRetry while server.accept_paused, else nullptr; continue on EINTR,
-        //   lab::die_error("ppoll", "", errno) on other errors, and on 0 (timed out) clear
+        //   lab::die("ppoll") on other errors, and on 0 (timed out) clear
         //   server.accept_paused. Then serve_client() each client with the revents of
         //   server.fds[i + 1]; when it returns false, remove_client(server, i) and serve the
         //   same index i again. Last, accept_clients() if server.fds[0].revents has POLLIN
@@ -279,7 +279,7 @@ void serve(Server& server, const sigset_t& wait_mask) {
         const int ready = ppoll(server.fds.data(), server.fds.size(),
                                 server.accept_paused ? &kAcceptRetry : nullptr, &wait_mask);
         if (ready == -1 && errno == EINTR) continue;
-        if (ready == -1) lab::die_error("ppoll", "", errno);
+        if (ready == -1) lab::die("ppoll");
         if (ready == 0) server.accept_paused = false;  // the pause is over: try again
         for (std::size_t i = 0; i < server.clients.size();) {
             if (serve_client(server.clients[i], server.fds[i + 1].revents, server)) {
@@ -307,10 +307,10 @@ int main(int argc, char** argv) {
     args.parse(argc, argv);
     const lab::Endpoint local = args.endpoint(SOCK_STREAM);
 
-    lab::ignore_sigpipe();  // a client that vanished makes write() fail with EPIPE instead
-    lab::install_stop_handlers();
+    lab::handle_signals();
     // Block SIGINT and SIGTERM outside the wait; ppoll() unblocks them while it waits.
-    const sigset_t wait_mask = lab::block_stop_signals();
+    sigset_t wait_mask;  // nothing blocked: the stop signals may land anywhere
+    pthread_sigmask(SIG_SETMASK, nullptr, &wait_mask);
 
     Server server;
     server.listen_fd = open_listener(local);
@@ -320,13 +320,13 @@ int main(int argc, char** argv) {
     server.max_buffer = static_cast<std::size_t>(max_buffer);
     server.log = lab::Log(quiet);
     const auto bound = lab::local_endpoint(server.listen_fd.get());
-    if (!bound) lab::die_error("getsockname", "", errno);
+    if (!bound) lab::die("getsockname");
     lab::print_ready("tcp", *bound);
 
     serve(server, wait_mask);
 
     // 7. close() for everyone: the Fds in server do it as main returns.
-    server.log("stopping on signal ", lab::stop_signal(), " with ", server.clients.size(),
+    server.log("stopping on ", lab::stop_signal_name(), " with ", server.clients.size(),
                " clients");
     return lab::kExitOk;
 }

@@ -92,7 +92,7 @@ class Server {
             // BEGIN SOLUTION: wait in epoll_pwait() and dispatch its events; call
             //   epoll_pwait(epoll_fd_.get(), events_.data(), kMaxEvents, timeout, &wait_mask)
             //   with the timeout 0 while ready_ is not empty, -1 while accepting_, else
-            //   kAcceptRetryMs; continue on EINTR, lab::die_error("epoll_pwait", "", errno)
+            //   kAcceptRetryMs; continue on EINTR, lab::die("epoll_pwait")
             //   on other errors, and on 0 with accepting_ false call set_accepting(true).
             //   For each event (its fd is in data.fd): remember that the listener was
             //   reported, or on_event(fd, events) for a client whose conns_ entry still has
@@ -105,7 +105,7 @@ class Server {
             const int n =
                 epoll_pwait(epoll_fd_.get(), events_.data(), kMaxEvents, timeout, &wait_mask);
             if (n == -1 && errno == EINTR) continue;  // the handler ran: look at the flag
-            if (n == -1) lab::die_error("epoll_pwait", "", errno);
+            if (n == -1) lab::die("epoll_pwait");
             if (n == 0 && !accepting_) set_accepting(true);
             bool incoming = false;
             for (int i = 0; i < n; ++i) {
@@ -122,7 +122,7 @@ class Server {
             // END SOLUTION
             serve_ready_list();
         }
-        log_("stopping on signal ", lab::stop_signal());
+        log_("stopping on ", lab::stop_signal_name());
     }
 
   private:
@@ -150,16 +150,15 @@ class Server {
                     // The connection stays queued in the kernel. Accepting again at once
                     // would fail again, a busy loop: stop watching the listener instead.
                     if (!told_full_) {  // once, not at every retry
-                        lab::report_message("accept", "",
-                                            std::string(std::strerror(errno)) +
-                                                "; pausing accepts until a client leaves");
+                        lab::note("accept: " + std::string(std::strerror(errno)) +
+                                  "; pausing accepts until a client leaves");
                     }
                     told_full_ = true;
                     set_accepting(false);
                 } else if (errno == EAGAIN) {
                     told_full_ = false;  // caught up: the shortage, if any, is over
                 } else {
-                    lab::report_error("accept", "", errno);
+                    lab::warn("accept");
                 }
                 return;
             }
@@ -179,7 +178,7 @@ class Server {
         // BEGIN SOLUTION: register the client with epoll_ctl(EPOLL_CTL_ADD); grow conns_ so
         //   that conns_[fd] exists, watch EPOLLIN | EPOLLRDHUP in LT mode and EPOLLIN |
         //   EPOLLOUT | EPOLLRDHUP | EPOLLET in ET mode (opt_.edge) with data.fd = fd; if
-        //   epoll_ctl() fails, lab::report_error("epoll_ctl", PEER, errno) and return (the
+        //   epoll_ctl() fails, lab::warn("epoll_ctl", PEER) and return (the
         //   Fd closes it); else move the Fd into conn(fd).fd, store the events in
         //   conn(fd).events, count it in clients_ and log "client PEER connected as fd N"
         //   (PEER from lab::format_address())
@@ -191,7 +190,7 @@ class Server {
         event.events = opt_.edge ? EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET : EPOLLIN | EPOLLRDHUP;
         event.data.fd = fd;
         if (epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd, &event) == -1) {
-            return lab::report_error("epoll_ctl", lab::format_address(peer), errno);
+            return lab::warn("epoll_ctl", lab::format_address(peer));
         }
         conn(fd).fd = std::move(client);
         conn(fd).events = event.events;
@@ -303,7 +302,7 @@ class Server {
         event.events = on ? std::uint32_t{EPOLLIN} : 0;  // 0: watched, never reported
         event.data.fd = listen_fd_.get();
         if (epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, listen_fd_.get(), &event) == -1) {
-            lab::die_error("epoll_ctl", "", errno);
+            lab::die("epoll_ctl");
         }
         accepting_ = on;
     }
@@ -327,16 +326,14 @@ Options parse_options(int argc, char** argv, lab::Args& args) {
     long long max_clients = 0;
     auto max_buffer = kDefaultMaxBuffer;
     args.host_port("127.0.0.1", kDefaultPort, lab::Positionals::kPort);
-    args.option("--mode", [&options](std::string_view mode) -> std::string {
-        if (mode != "lt" && mode != "et")
-            return "bad mode '" + std::string(mode) + "' (want lt or et)";
-        options.edge = mode == "et";
-        return "";
-    });
+    std::string mode = "lt";
+    args.option("--mode", &mode);
     args.option("--max-clients", &max_clients, 1, 1'000'000);
     args.option("--max-buffer", &max_buffer, 1, 1LL << 30);
     args.flag("--quiet", &options.quiet);
     args.parse(argc, argv);
+    if (mode != "lt" && mode != "et") args.usage_error("bad mode '" + mode + "' (want lt or et)");
+    options.edge = mode == "et";
     if (!args.given("--max-clients")) {  // as many as the descriptor limit allows
         rlimit limit{};
         getrlimit(RLIMIT_NOFILE, &limit);
@@ -356,28 +353,28 @@ int main(int argc, char** argv) {
     const lab::Endpoint local = args.endpoint(SOCK_STREAM);
     const lab::Log log(options.quiet);
 
-    lab::ignore_sigpipe();
-    lab::install_stop_handlers();
+    lab::handle_signals();
     // Block the stop signals; epoll_pwait() unblocks them with wait_mask while it waits.
-    const sigset_t wait_mask = lab::block_stop_signals();
+    sigset_t wait_mask;  // nothing blocked: the stop signals may land anywhere
+    pthread_sigmask(SIG_SETMASK, nullptr, &wait_mask);
 
     // BEGIN SOLUTION: create the listening socket with socket(), non-blocking
     //   (local.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC), set SO_REUSEADDR with
     //   setsockopt(), bind() it to `local` and listen() with SOMAXCONN; on failure
-    //   lab::die_error("socket" / "bind" / "listen", ..., errno)
+    //   lab::die("socket" / "bind" / "listen", ...)
     // STUB: lab::Fd listen_fd = lab::todo<lab::Fd>("lab 09: socket(), bind() and listen()");
     // 1. socket(): non-blocking, so no accept() can ever stall the loop.
     lab::Fd listen_fd(socket(local.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-    if (!listen_fd) lab::die_error("socket", "", errno);
+    if (!listen_fd) lab::die("socket");
     const int on = 1;  // restart at once, despite old connections in TIME_WAIT (lab 06)
     setsockopt(listen_fd.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
 
     // 2. bind() and 3. listen(): a long queue, so a burst of connects waits for us.
     if (bind(listen_fd.get(), local.addr(), local.size) == -1) {
-        lab::die_error("bind", lab::format_address(local), errno);
+        lab::die("bind", lab::format_address(local));
     }
     if (listen(listen_fd.get(), SOMAXCONN) == -1) {
-        lab::die_error("listen", lab::format_address(local), errno);
+        lab::die("listen", lab::format_address(local));
     }
     // END SOLUTION
 
@@ -385,20 +382,20 @@ int main(int argc, char** argv) {
     //    modes: accept4() runs until EAGAIN anyway, and a paused listener must come back.
     // BEGIN SOLUTION: create the epoll instance with epoll_create1(EPOLL_CLOEXEC) and add
     //   the listener with epoll_ctl(EPOLL_CTL_ADD), EPOLLIN (level-triggered) and data.fd =
-    //   listen_fd.get(); on failure lab::die_error("epoll_create1" / "epoll_ctl", "", errno)
+    //   listen_fd.get(); on failure lab::die("epoll_create1" / "epoll_ctl")
     // STUB: lab::Fd epoll_fd = lab::todo<lab::Fd>("lab 09: epoll_create1() and epoll_ctl(ADD)");
     lab::Fd epoll_fd(epoll_create1(EPOLL_CLOEXEC));
-    if (!epoll_fd) lab::die_error("epoll_create1", "", errno);
+    if (!epoll_fd) lab::die("epoll_create1");
     epoll_event event{};
     event.events = EPOLLIN;
     event.data.fd = listen_fd.get();
     if (epoll_ctl(epoll_fd.get(), EPOLL_CTL_ADD, listen_fd.get(), &event) == -1) {
-        lab::die_error("epoll_ctl", "", errno);
+        lab::die("epoll_ctl");
     }
     // END SOLUTION
 
     const auto bound = lab::local_endpoint(listen_fd.get());
-    if (!bound) lab::die_error("getsockname", "", errno);
+    if (!bound) lab::die("getsockname");
     lab::print_ready("tcp", *bound);
     log("mode ", options.edge ? "et" : "lt", ", at most ", options.max_clients, " clients, ",
         options.max_buffer, " bytes of pending echo each");

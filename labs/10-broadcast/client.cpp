@@ -47,32 +47,32 @@ int main(int argc, char** argv) {
     args.parse(argc, argv);
     const lab::Endpoint local = args.endpoint(SOCK_DGRAM);
 
-    lab::ignore_sigpipe();
-    lab::install_stop_handlers();
-    const sigset_t while_waiting = lab::block_stop_signals();
+    lab::handle_signals();
+    sigset_t while_waiting;  // nothing blocked: the stop signals may land anywhere
+    pthread_sigmask(SIG_SETMASK, nullptr, &while_waiting);
 
     // BEGIN SOLUTION: create a datagram socket with socket() (local.family(), SOCK_DGRAM),
     //   turn SO_REUSEADDR on with setsockopt() before bind(), and bind() it to `local`
-    //   (the wildcard address and the port); report failures with lab::die_error()
+    //   (the wildcard address and the port); report failures with lab::die()
     // STUB: const lab::Fd sock = lab::todo<lab::Fd>("lab 10: socket(), SO_REUSEADDR, bind()");
     // 1. socket(): a datagram socket; a broadcast is one datagram delivered to many.
     const lab::Fd sock(socket(local.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0));
-    if (!sock) lab::die_error("socket", "", errno);
+    if (!sock) lab::die("socket");
 
     // 2. setsockopt(SO_REUSEADDR) before bind(): every receiver on this host that sets
     //    it may bind the same port, and each gets a copy of every broadcast.
     const int on = 1;
     if (setsockopt(sock.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) == -1) {
-        lab::die_error("setsockopt SO_REUSEADDR", "", errno);
+        lab::die("setsockopt SO_REUSEADDR");
     }
 
     // 3. bind(): the port the sender sends to, on the wildcard address.
     if (bind(sock.get(), local.addr(), local.size) == -1) {
-        lab::die_error("bind", lab::format_address(local), errno);
+        lab::die("bind", lab::format_address(local));
     }
     // END SOLUTION
     const auto bound = lab::local_endpoint(sock.get());
-    if (!bound) lab::die_error("getsockname", "", errno);
+    if (!bound) lab::die("getsockname");
     lab::print_ready("udp", *bound);
 
     // 4. recvfrom(): wait in ppoll() (where a stop signal can land), then take one
@@ -83,10 +83,10 @@ int main(int argc, char** argv) {
         if (ppoll(&readable, 1, nullptr, &while_waiting) == -1) {
             if (errno == EINTR && lab::stop_requested()) break;
             if (errno == EINTR) continue;
-            lab::die_error("ppoll", lab::format_address(*bound), errno);
+            lab::die("ppoll", lab::format_address(*bound));
         }
         const ssize_t n = recvfrom(sock.get(), buffer.data(), buffer.size(), 0, nullptr, nullptr);
-        if (n == -1) lab::die_error("recvfrom", lab::format_address(*bound), errno);
+        if (n == -1) lab::die("recvfrom", lab::format_address(*bound));
         lab::print_payload({buffer.data(), static_cast<std::size_t>(n)});
         ++received;
     }

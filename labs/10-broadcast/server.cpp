@@ -88,29 +88,29 @@ int main(int argc, char** argv) {
     const std::string to_text = lab::format_address(destination);
     const lab::Log log(quiet);
 
-    lab::ignore_sigpipe();
-    lab::install_stop_handlers();
-    const sigset_t while_waiting = lab::block_stop_signals();
+    lab::handle_signals();
+    sigset_t while_waiting;  // nothing blocked: the stop signals may land anywhere
+    pthread_sigmask(SIG_SETMASK, nullptr, &while_waiting);
 
     // BEGIN SOLUTION: create an IPv4 datagram socket with socket() (AF_INET, SOCK_DGRAM),
     //   turn SO_BROADCAST on (`broadcast_flag ? 1 : 0`) with setsockopt() at SOL_SOCKET,
-    //   and bind() it to `local`; report failures with lab::die_error("socket",
+    //   and bind() it to `local`; report failures with lab::die("socket",
     //   "setsockopt SO_BROADCAST", "bind", ...)
     // STUB: const lab::Fd sock = lab::todo<lab::Fd>("lab 10: socket(), SO_BROADCAST, bind()");
     // 1. socket(): broadcast is an IPv4 datagram feature; TCP cannot talk to many at once.
     const lab::Fd sock(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-    if (!sock) lab::die_error("socket", "", errno);
+    if (!sock) lab::die("socket");
 
     // 2. setsockopt(SO_BROADCAST): permission to send to a broadcast address. Without it
     //    sendto() fails with EACCES ("Permission denied").
     const int on = broadcast_flag ? 1 : 0;
     if (setsockopt(sock.get(), SOL_SOCKET, SO_BROADCAST, &on, sizeof on) == -1) {
-        lab::die_error("setsockopt SO_BROADCAST", "", errno);
+        lab::die("setsockopt SO_BROADCAST");
     }
 
     // (optional) bind(): choose the source address; port 0, since nobody replies to us.
     if (bind(sock.get(), local.addr(), local.size) == -1) {
-        lab::die_error("bind", lab::format_address(local), errno);
+        lab::die("bind", lab::format_address(local));
     }
     // END SOLUTION
 
@@ -120,16 +120,16 @@ int main(int argc, char** argv) {
         if (n > 1 && !pause_unless_stopped(interval_ms, while_waiting)) break;
         const std::string message = "broadcast " + std::to_string(n);
         // BEGIN SOLUTION: send `message` with sendto() to `destination`, the broadcast address;
-        //   on failure lab::die_error("sendto", to_text, errno)
+        //   on failure lab::die("sendto", to_text)
         if (sendto(sock.get(), message.data(), message.size(), 0, destination.addr(),
                    destination.size) == -1) {
-            lab::die_error("sendto", to_text, errno);
+            lab::die("sendto", to_text);
         }
         // END SOLUTION
         log("sent '", message, "' (", message.size(), " bytes) to ", to_text);
     }
 
     // 4. close(): the Fd does it as main returns.
-    if (lab::stop_requested()) log("stopping on signal ", lab::stop_signal());
+    if (lab::stop_requested()) log("stopping on ", lab::stop_signal_name());
     return lab::kExitOk;
 }

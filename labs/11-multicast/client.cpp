@@ -95,32 +95,32 @@ int main(int argc, char** argv) {
     const lab::Endpoint local = bind_endpoint(args, group, interface);
     const std::string group_text = lab::format_address(group);
 
-    lab::ignore_sigpipe();
-    lab::install_stop_handlers();
-    const sigset_t while_waiting = lab::block_stop_signals();
+    lab::handle_signals();
+    sigset_t while_waiting;  // nothing blocked: the stop signals may land anywhere
+    pthread_sigmask(SIG_SETMASK, nullptr, &while_waiting);
 
     // BEGIN SOLUTION: create a datagram socket with socket() (group.family(), SOCK_DGRAM),
     //   turn SO_REUSEADDR on with setsockopt(), and bind() it to `local` (the group's address
-    //   and port); report failures with lab::die_error()
+    //   and port); report failures with lab::die()
     // STUB: const lab::Fd sock = lab::todo<lab::Fd>("lab 11: socket(), SO_REUSEADDR, bind()");
     // 1. socket(), and SO_REUSEADDR so that several receivers on this host share the port.
     const lab::Fd sock(socket(group.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0));
-    if (!sock) lab::die_error("socket", "", errno);
+    if (!sock) lab::die("socket");
     const int on = 1;
     if (setsockopt(sock.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) == -1) {
-        lab::die_error("setsockopt SO_REUSEADDR", "", errno);
+        lab::die("setsockopt SO_REUSEADDR");
     }
 
     // 2. bind() the group's address and port: the socket then takes only datagrams sent
     //    to this group, not unicast to the port, nor other groups sent to the same port.
     if (bind(sock.get(), local.addr(), local.size) == -1) {
-        lab::die_error("bind", lab::format_address(local), errno);
+        lab::die("bind", lab::format_address(local));
     }
     // END SOLUTION
 
     // 3. Join the group on the interface (the source notes' step 2b).
     if (membership(sock.get(), group, interface, true) == -1) {
-        lab::die_error("join", group_text + " on " + interface_name, errno);
+        lab::die("join", group_text + " on " + interface_name);
     }
     // Linux delivers a group's datagrams to every socket bound to the port whose host has
     // joined it, by any socket; IP_MULTICAST_ALL 0 limits this one to its own joins.
@@ -128,10 +128,10 @@ int main(int argc, char** argv) {
     const bool v4 = group.family() == AF_INET;
     if (setsockopt(sock.get(), v4 ? IPPROTO_IP : IPPROTO_IPV6,
                    v4 ? IP_MULTICAST_ALL : IPV6_MULTICAST_ALL, &off, sizeof off) == -1) {
-        lab::die_error("setsockopt MULTICAST_ALL", "", errno);
+        lab::die("setsockopt MULTICAST_ALL");
     }
     const auto bound = lab::local_endpoint(sock.get());
-    if (!bound) lab::die_error("getsockname", "", errno);
+    if (!bound) lab::die("getsockname");
     lab::print_ready("udp", *bound);
 
     // 4. recvfrom(): wait in ppoll(), take one datagram, print exactly its bytes.
@@ -141,10 +141,10 @@ int main(int argc, char** argv) {
         if (ppoll(&readable, 1, nullptr, &while_waiting) == -1) {
             if (errno == EINTR && lab::stop_requested()) break;
             if (errno == EINTR) continue;
-            lab::die_error("ppoll", lab::format_address(*bound), errno);
+            lab::die("ppoll", lab::format_address(*bound));
         }
         const ssize_t n = recvfrom(sock.get(), buffer.data(), buffer.size(), 0, nullptr, nullptr);
-        if (n == -1) lab::die_error("recvfrom", lab::format_address(*bound), errno);
+        if (n == -1) lab::die("recvfrom", lab::format_address(*bound));
         lab::print_payload({buffer.data(), static_cast<std::size_t>(n)});
         ++received;
     }
@@ -152,7 +152,7 @@ int main(int argc, char** argv) {
     // 5. Leave the group (IP_DROP_MEMBERSHIP), then close(). close() alone would leave it
     //    too; saying so is clearer, and a long-lived program may leave and stay open.
     if (membership(sock.get(), group, interface, false) == -1) {
-        lab::report_error("leave", group_text + " on " + interface_name, errno);
+        lab::warn("leave", group_text + " on " + interface_name);
     }
     return lab::kExitOk;
 }

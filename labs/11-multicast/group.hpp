@@ -38,7 +38,7 @@ inline bool is_multicast(const lab::Endpoint& endpoint) {
 inline lab::Endpoint group_endpoint(const lab::Args& args, const std::string& group,
                                     std::uint16_t port) {
     const lab::Resolution found = lab::resolve(group, port, SOCK_DGRAM);
-    if (!found.ok() || !is_multicast(found.endpoints.front())) {
+    if (found.endpoints.empty() || !is_multicast(found.endpoints.front())) {
         args.usage_error("bad --group '" + group +
                          "' (want a multicast address: 224.0.0.0/4 or ff00::/8)");
     }

@@ -59,7 +59,7 @@ bool pause_unless_stopped(long long ms, const sigset_t& while_waiting) {
 }
 
 void set_option(int fd, int level, int name, const void* value, socklen_t size, const char* what) {
-    if (setsockopt(fd, level, name, value, size) == -1) lab::die_error(what, "", errno);
+    if (setsockopt(fd, level, name, value, size) == -1) lab::die(what);
 }
 
 // 2. The three multicast sender options, in their IPv4 and IPv6 spellings.
@@ -70,7 +70,7 @@ void set_multicast_options(int fd, int family, const mcast::Interface& interface
     //   and interface.index), IP_MULTICAST_TTL (ttl) and IP_MULTICAST_LOOP (loop); IPv6, at
     //   IPPROTO_IPV6: IPV6_MULTICAST_IF (interface.index as an int), IPV6_MULTICAST_HOPS
     //   (ttl) and IPV6_MULTICAST_LOOP (loop)
-    // STUB: lab::not_implemented("lab 11: set_multicast_options(): IP_MULTICAST_IF, TTL, LOOP");
+    // STUB: lab::todo("lab 11: set_multicast_options(): IP_MULTICAST_IF, TTL, LOOP");
     if (family == AF_INET) {
         // IP_MULTICAST_IF wants a local interface (address or index), not the group.
         const ip_mreqn via{{}, interface.address, static_cast<int>(interface.index)};
@@ -117,22 +117,22 @@ int main(int argc, char** argv) {
     std::string host = group.family() == AF_INET ? "0.0.0.0" : "::";  // any local address
     if (args.given("--host")) host = args.host();
     const lab::Resolution local = lab::resolve(host, 0, SOCK_DGRAM);
-    if (!local.ok() || local.endpoints.front().family() != group.family()) {
+    if (local.endpoints.empty() || local.endpoints.front().family() != group.family()) {
         args.usage_error("bad --host '" + host + "' (want a local address of the group's family)");
     }
     const std::string group_text = lab::format_address(group);
     const lab::Log log(quiet);
 
-    lab::ignore_sigpipe();
-    lab::install_stop_handlers();
-    const sigset_t while_waiting = lab::block_stop_signals();
+    lab::handle_signals();
+    sigset_t while_waiting;  // nothing blocked: the stop signals may land anywhere
+    pthread_sigmask(SIG_SETMASK, nullptr, &while_waiting);
 
     // BEGIN SOLUTION: create a datagram socket with socket() (group.family(), SOCK_DGRAM);
-    //   on failure lab::die_error("socket", "", errno)
+    //   on failure lab::die("socket")
     // STUB: const lab::Fd sock = lab::todo<lab::Fd>("lab 11: socket()");
     // 1. socket(): multicast, like broadcast, is a datagram feature.
     const lab::Fd sock(socket(group.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0));
-    if (!sock) lab::die_error("socket", "", errno);
+    if (!sock) lab::die("socket");
     // END SOLUTION
 
     // 2. The outgoing interface, the TTL and the loopback copy (see above).
@@ -141,7 +141,7 @@ int main(int argc, char** argv) {
 
     // (optional) bind(): the source address; port 0, since nobody replies to us.
     if (bind(sock.get(), local.endpoints.front().addr(), local.endpoints.front().size) == -1) {
-        lab::die_error("bind", lab::format_address(local.endpoints.front()), errno);
+        lab::die("bind", lab::format_address(local.endpoints.front()));
     }
 
     // 3. sendto() the group: one datagram, a copy for every member on the link.
@@ -149,12 +149,12 @@ int main(int argc, char** argv) {
         if (n > 1 && !pause_unless_stopped(interval_ms, while_waiting)) break;
         const std::string message = "multicast " + std::to_string(n);
         if (sendto(sock.get(), message.data(), message.size(), 0, group.addr(), group.size) == -1) {
-            lab::die_error("sendto", group_text, errno);
+            lab::die("sendto", group_text);
         }
         log("sent '", message, "' (", message.size(), " bytes) to ", group_text);
     }
 
     // 4. close(): the Fd does it as main returns.
-    if (lab::stop_requested()) log("stopping on signal ", lab::stop_signal());
+    if (lab::stop_requested()) log("stopping on ", lab::stop_signal_name());
     return lab::kExitOk;
 }

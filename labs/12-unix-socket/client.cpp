@@ -14,6 +14,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -50,13 +51,13 @@ using Clock = std::chrono::steady_clock;
 // 1. socket() and 2. connect(): no bind(), the client's end stays unnamed.
 lab::Fd connect_stream(const lab::Endpoint& server, const std::string& server_text) {
     // BEGIN SOLUTION: create a stream socket with socket() (AF_UNIX, SOCK_STREAM) and
-    //   connect() it to `server` (retry on EINTR); report failures with lab::die_error()
+    //   connect() it to `server` (retry on EINTR); report failures with lab::die()
     //   and return the socket
     // STUB: return lab::todo<lab::Fd>("lab 12: socket(AF_UNIX) and connect()");
     lab::Fd sock(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!sock) lab::die_error("socket", "", errno);
+    if (!sock) lab::die("socket");
     while (connect(sock.get(), server.addr(), server.size) == -1) {
-        if (errno != EINTR) lab::die_error("connect", server_text, errno);
+        if (errno != EINTR) lab::die("connect", server_text);
     }
     return sock;
     // END SOLUTION
@@ -74,19 +75,19 @@ int run_stream(const lab::Endpoint& server, const std::string& server_text) {
     std::vector<char> buffer(kBufferSize);
     while (auto line = input.read_line()) {
         line->push_back('\n');
-        if (!lab::write_all(sock.get(), *line)) lab::die_error("write", server_text, errno);
+        if (!lab::write_all(sock.get(), *line)) lab::die("write", server_text);
         sent += line->size();
         while (received < sent) {
             const ssize_t n = read(sock.get(), buffer.data(), buffer.size());
             if (n == -1 && errno == EINTR) continue;
-            if (n == -1) lab::die_error("read", server_text, errno);
-            if (n == 0) lab::die("connection closed by " + server_text);
+            if (n == -1) lab::die("read", server_text);
+            if (n == 0) lab::fatal("connection closed by " + server_text);
             std::fwrite(buffer.data(), 1, static_cast<std::size_t>(n), stdout);
             received += static_cast<unsigned long long>(n);
         }
         std::fflush(stdout);
     }
-    if (errno != 0) lab::die_error("read", "stdin", errno);
+    if (errno != 0) lab::die("read", "stdin");
     return lab::kExitOk;
 }
 
@@ -125,27 +126,27 @@ int run_send_fd(const lab::Endpoint& server, const std::string& server_text,
                 const std::string& file_name) {
     // The client opens the file with its own rights; the server never sees the name.
     const lab::Fd file(open(file_name.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!file) lab::die_error("open", file_name, errno);
+    if (!file) lab::die("open", file_name);
     struct stat st {};
-    if (fstat(file.get(), &st) == -1) lab::die_error("fstat", file_name, errno);
+    if (fstat(file.get(), &st) == -1) lab::die("fstat", file_name);
     const lab::Fd sock = connect_stream(server, server_text);
-    if (!pass_descriptor(sock.get(), file.get())) lab::die_error("sendmsg", server_text, errno);
+    if (!pass_descriptor(sock.get(), file.get())) lab::die("sendmsg", server_text);
     // 4. shutdown(SHUT_WR): nothing more from us; the server answers, then closes.
-    if (shutdown(sock.get(), SHUT_WR) == -1) lab::die_error("shutdown", server_text, errno);
+    if (shutdown(sock.get(), SHUT_WR) == -1) lab::die("shutdown", server_text);
     std::vector<char> buffer(kBufferSize);
     unsigned long long received = 0;
     for (;;) {
         const ssize_t n = read(sock.get(), buffer.data(), buffer.size());
         if (n == -1 && errno == EINTR) continue;
-        if (n == -1) lab::die_error("read", server_text, errno);
+        if (n == -1) lab::die("read", server_text);
         if (n == 0) break;
         std::fwrite(buffer.data(), 1, static_cast<std::size_t>(n), stdout);
         received += static_cast<unsigned long long>(n);
     }
     std::fflush(stdout);
     if (S_ISREG(st.st_mode) && received != static_cast<unsigned long long>(st.st_size)) {
-        lab::die("got " + std::to_string(received) + " bytes back; " + file_name + " has " +
-                 std::to_string(st.st_size));
+        lab::fatal("got " + std::to_string(received) + " bytes back; " + file_name + " has " +
+                   std::to_string(st.st_size));
     }
     return lab::kExitOk;
 }
@@ -209,7 +210,7 @@ bool wait_readable(int fd, Clock::time_point deadline) {
 bool exchange(int sock, const std::string& line, const std::string& server_text, double timeout,
               std::vector<char>& reply) {
     if (send(sock, line.data(), line.size(), 0) == -1) {
-        lab::report_error("send", server_text, errno);
+        lab::warn("send", server_text);
         return false;
     }
     const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
@@ -219,14 +220,14 @@ bool exchange(int sock, const std::string& line, const std::string& server_text,
             if (!lab::stop_requested()) {
                 char seconds[32];
                 std::snprintf(seconds, sizeof seconds, "%gs", timeout);
-                lab::report("no reply from " + server_text + " within " + seconds);
+                lab::note("no reply from " + server_text + " within " + seconds);
             }
             return false;
         }
         const ssize_t n = recv(sock, reply.data(), reply.size(), 0);
         if (n == -1 && errno == EINTR) continue;
         if (n == -1) {
-            lab::report_error("recv", server_text, errno);
+            lab::warn("recv", server_text);
             return false;
         }
         lab::print_payload({reply.data(), static_cast<std::size_t>(n)});
@@ -235,28 +236,28 @@ bool exchange(int sock, const std::string& line, const std::string& server_text,
 }
 
 int run_dgram(const lab::Endpoint& server, const std::string& server_text, double timeout) {
-    lab::install_stop_handlers();  // so SIGTERM still removes our socket file
+    lab::handle_signals();  // so SIGTERM still removes our socket file
     const PrivateSocketDir own;
     if (own.error() != 0) {
-        lab::report_error("mkdtemp", "", own.error());
+        lab::warn("mkdtemp", "", own.error());
         return lab::kExitFailure;
     }
     lab::Endpoint local;
     const std::string problem = lab12::make_unix_address(own.path(), false, &local);
     if (!problem.empty()) {
-        lab::report_message("bind", own.path(), problem + " (set TMPDIR to a shorter path)");
+        lab::note("bind " + own.path() + ": " + problem + " (set TMPDIR to a shorter path)");
         return lab::kExitFailure;
     }
     // 1. socket() and 2. bind() our own name: the server's recvfrom() reports it.
     const lab::Fd sock(socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
     if (!sock || bind(sock.get(), local.addr(), local.size) == -1) {
-        lab::report_error(sock ? "bind" : "socket", own.path(), errno);
+        lab::warn(sock ? "bind" : "socket", own.path());
         return lab::kExitFailure;
     }
     // 3. connect() sends nothing on a datagram socket: it fixes the peer, so send() and
     //    recv() need no address, and datagrams from anyone else are refused.
     if (connect(sock.get(), server.addr(), server.size) == -1) {
-        lab::report_error("connect", server_text, errno);
+        lab::warn("connect", server_text);
         return lab::kExitFailure;
     }
     lab::LineReader input(STDIN_FILENO);
@@ -266,7 +267,7 @@ int run_dgram(const lab::Endpoint& server, const std::string& server_text, doubl
     }
     if (lab::stop_requested()) return lab::kExitFailure;
     if (!input.eof()) {
-        lab::report_error("read", "stdin", errno);
+        lab::warn("read", "stdin");
         return lab::kExitFailure;
     }
     return lab::kExitOk;
@@ -280,7 +281,7 @@ int main(int argc, char** argv) {
     double timeout = 2.0;
     lab::Args args(kUsage);
     lab12::add_address_options(args, &where);
-    args.option("--timeout", &timeout, 0.001, 3600.0);
+    args.seconds("--timeout", &timeout);
     args.option("--send-fd", &send_fd_file);
     args.parse(argc, argv);
     if (args.given("--send-fd") && where.dgram)
@@ -290,7 +291,7 @@ int main(int argc, char** argv) {
     const lab::Endpoint server = lab12::address_from(args, where);
     const std::string server_text = lab::format_address(server);
 
-    lab::ignore_sigpipe();  // a server that has gone away makes write() fail with EPIPE
+    std::signal(SIGPIPE, SIG_IGN);  // a vanished peer makes write() fail with EPIPE
 
     if (args.given("--send-fd")) return run_send_fd(server, server_text, send_fd_file);
     if (where.dgram) return run_dgram(server, server_text, timeout);

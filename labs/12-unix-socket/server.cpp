@@ -63,16 +63,16 @@ void remove_if_stale(const std::string& path, int type, const lab::Endpoint& loc
     struct stat st {};
     if (lstat(path.c_str(), &st) == -1) return;  // gone meanwhile: just bind again
     if (!S_ISSOCK(st.st_mode)) {
-        lab::die_message("bind", path, "Address already in use (not a socket; left alone)");
+        lab::fatal("bind " + std::string(path) + ": Address already in use (not a socket; left alone)");
     }
     // Non-blocking, or a live server with a full listen queue would hold us in connect().
     const lab::Fd probe(socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-    if (!probe) lab::die_error("socket", "", errno);
+    if (!probe) lab::die("socket");
     // Only ECONNREFUSED proves that no socket is bound to the file any more.
     if (connect(probe.get(), local.addr(), local.size) == 0 || errno != ECONNREFUSED) {
-        lab::die_error("bind", path, EADDRINUSE);
+        lab::die("bind", path, EADDRINUSE);
     }
-    if (unlink(path.c_str()) == -1 && errno != ENOENT) lab::die_error("unlink", path, errno);
+    if (unlink(path.c_str()) == -1 && errno != ENOENT) lab::die("unlink", path);
 }
 
 // Removes the socket file when the server ends, but only if it is still the one this
@@ -101,7 +101,7 @@ ucred peer_credentials(int fd) {
     ucred cred{};  // all zero if the call fails, which it does not on a connected socket
     socklen_t size = sizeof cred;
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &size) == -1) {
-        lab::report_error("getsockopt SO_PEERCRED", "", errno);
+        lab::warn("getsockopt SO_PEERCRED");
     }
     return cred;
 }
@@ -158,7 +158,7 @@ bool send_file(int sock, int file, std::vector<char>& buffer, const lab::Log& lo
         const std::size_t want = std::min(buffer.size(), kMaxFileBytes - sent);
         const ssize_t n = pread(file, buffer.data(), want, static_cast<off_t>(sent));
         if (n == -1 && errno == EINTR) continue;
-        if (n == -1) lab::report_error("pread", "passed descriptor", errno);
+        if (n == -1) lab::warn("pread", "passed descriptor");
         if (n <= 0) break;
         if (!lab::write_all(sock, buffer.data(), static_cast<std::size_t>(n))) return false;
         sent += static_cast<std::size_t>(n);
@@ -172,7 +172,7 @@ void log_failure(const char* call, int err, const std::string& who, const lab::L
     if (err == EAGAIN || err == EWOULDBLOCK) {
         log("client ", who, " idle too long (", call, "); dropped");
     } else {
-        lab::report_error(call, who, err);
+        lab::warn(call, who, err);
     }
 }
 
@@ -228,7 +228,7 @@ void serve_stream(int listen_fd, double idle_seconds, const lab::Log& log) {
         //    backlog. The peer's address is usually "(unnamed)": clients rarely bind.
         const lab::Fd client(accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC));
         if (!client) {
-            if (errno != EINTR) lab::report_error("accept", "", errno);
+            if (errno != EINTR) lab::warn("accept");
             continue;  // EINTR: a signal; the loop condition looks at the stop flag
         }
         serve_client(client.get(), idle, log);
@@ -245,7 +245,7 @@ void serve_dgram(int fd, const lab::Log& log) {
         const ssize_t n =
             recvfrom(fd, buffer.data(), buffer.size(), MSG_TRUNC, peer.addr(), &peer.size);
         if (n == -1) {
-            if (errno != EINTR) lab::report_error("recvfrom", "", errno);
+            if (errno != EINTR) lab::warn("recvfrom");
             continue;
         }
         // An unbound sender has no address at all: recvfrom() sets peer.size to 0.
@@ -265,7 +265,7 @@ void serve_dgram(int fd, const lab::Log& log) {
         // MSG_DONTWAIT: unlike UDP, a Unix datagram sender waits while the receiver's
         // queue is full; one client that never reads must not stall the server.
         if (sendto(fd, buffer.data(), size, MSG_DONTWAIT, peer.addr(), peer.size) == -1) {
-            lab::report_error("sendto", from, errno);
+            lab::warn("sendto", from);
         }
     }
 }
@@ -278,33 +278,32 @@ int main(int argc, char** argv) {
     double idle_seconds = 10.0;
     lab::Args args(kUsage);
     lab12::add_address_options(args, &where);
-    args.option("--idle-timeout", &idle_seconds, 0.001, 86400.0);
+    args.seconds("--idle-timeout", &idle_seconds);
     args.flag("--quiet", &quiet);
     args.parse(argc, argv);
     const lab::Endpoint local = lab12::address_from(args, where);
     const std::string local_text = lab::format_address(local);
     const lab::Log log(quiet);
 
-    lab::ignore_sigpipe();
-    lab::install_stop_handlers();
+    lab::handle_signals();
 
     // BEGIN SOLUTION: create the socket with socket() (AF_UNIX, where.type()) and bind it
     //   with bind_private(); if that fails with EADDRINUSE on a path (not where.abstract()),
     //   call remove_if_stale() and bind_private() once more; set in_use when the first bind
-    //   failed, and report failures with lab::die_error("socket"/"bind", ...)
+    //   failed, and report failures with lab::die("socket"/"bind", ...)
     // STUB: const lab::Fd sock = lab::todo<lab::Fd>("lab 12: socket(AF_UNIX) and bind()");
     // STUB: const bool in_use = false;
     // 1. socket(): AF_UNIX (AF_LOCAL in the notes), a stream or a datagram socket.
     const lab::Fd sock(socket(AF_UNIX, where.type() | SOCK_CLOEXEC, 0));
-    if (!sock) lab::die_error("socket", "", errno);
+    if (!sock) lab::die("socket");
 
     // 2. bind(). The notes unlink() the path first, blindly: that deletes a running
     //    server's socket, or any file at all. Remove it only if it is a stale socket.
     const bool in_use = bind_private(sock.get(), local) == -1;
     if (in_use) {
-        if (errno != EADDRINUSE || where.abstract()) lab::die_error("bind", local_text, errno);
+        if (errno != EADDRINUSE || where.abstract()) lab::die("bind", local_text);
         remove_if_stale(where.path, where.type(), local);
-        if (bind_private(sock.get(), local) == -1) lab::die_error("bind", local_text, errno);
+        if (bind_private(sock.get(), local) == -1) lab::die("bind", local_text);
     }
     // END SOLUTION
     // From here on, leave through return, never exit(): SocketFile removes the file.
@@ -313,7 +312,7 @@ int main(int argc, char** argv) {
 
     // 3. listen() (stream only): the kernel queues up to kBacklog connections for us.
     if (!where.dgram && listen(sock.get(), kBacklog) == -1) {
-        lab::report_error("listen", local_text, errno);
+        lab::warn("listen", local_text);
         return lab::kExitFailure;
     }
     lab::print_ready(where.dgram ? "unix-dgram" : "unix", local_text);
@@ -323,6 +322,6 @@ int main(int argc, char** argv) {
     } else {
         serve_stream(sock.get(), idle_seconds, log);
     }
-    log("stopping on signal ", lab::stop_signal());
+    log("stopping on ", lab::stop_signal_name());
     return lab::kExitOk;
 }

@@ -36,11 +36,7 @@ struct Where {
 
 inline void add_address_options(lab::Args& args, Where* where) {
     args.option("--path", &where->path);
-    args.option("--abstract", [where](std::string_view name) -> std::string {
-        if (name.empty()) return "empty abstract name";
-        where->abstract_name = std::string(name);
-        return "";
-    });
+    args.option("--abstract", &where->abstract_name);
     args.flag("--dgram", &where->dgram);
 }
 
@@ -69,6 +65,7 @@ inline lab::Endpoint address_from(const lab::Args& args, const Where& where) {
     if (args.given("--path") && args.given("--abstract")) {
         args.usage_error("give --path or --abstract, not both");
     }
+    if (args.given("--abstract") && !where.abstract()) args.usage_error("empty abstract name");
     lab::Endpoint address;
     const std::string& name = where.abstract() ? where.abstract_name : where.path;
     const std::string problem = make_unix_address(name, where.abstract(), &address);

@@ -36,14 +36,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     args.flag("--quiet", &quiet);
     args.flag("--no-quiet", &quiet, false);
     args.option("--count", &count, 0, 1000);
-    args.option("--timeout", &timeout, 0.001, 3600.0);
+    args.seconds("--timeout", &timeout);
     args.option("--name", &name);
     std::string problem;
     const auto outcome = args.try_parse(static_cast<int>(words.size()), argv.data(), &problem);
     if (outcome == lab::Args::Outcome::kError && problem.empty()) std::abort();
     if (outcome == lab::Args::Outcome::kOk && (count < 0 || count > 1000)) std::abort();
     if (outcome == lab::Args::Outcome::kOk && args.given("--timeout") &&
-        !(timeout >= 0.001 && timeout <= 3600.0)) {
+        !(timeout > 0 && timeout <= 86400.0)) {
         std::abort();
     }
     return 0;

@@ -32,6 +32,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cinttypes>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -357,7 +358,7 @@ class LoadGen {
           conns_(static_cast<std::size_t>(options.connections + options.idle_connections)),
           buffer_(kReadChunk) {
         epoll_.reset(epoll_create1(EPOLL_CLOEXEC));
-        if (!epoll_) lab::die_error("epoll_create1", "", errno);
+        if (!epoll_) lab::die("epoll_create1");
     }
 
     Report run();
@@ -662,7 +663,7 @@ void LoadGen::run_until(std::int64_t deadline, bool until_quiet) {
         const int wait_ms =
             static_cast<int>(std::min<std::int64_t>((deadline - now) / 1'000'000 + 1, 50));
         const int n = epoll_wait(epoll_.get(), events.data(), kMaxEvents, wait_ms);
-        if (n == -1 && errno != EINTR) lab::die_error("epoll_wait", "", errno);
+        if (n == -1 && errno != EINTR) lab::die("epoll_wait");
         for (int k = 0; k < n; ++k) {
             on_event(static_cast<std::size_t>(events[static_cast<std::size_t>(k)].data.u64),
                      events[static_cast<std::size_t>(k)].events);
@@ -833,8 +834,8 @@ void raise_fd_limit(long long wanted) {
     limit.rlim_cur = limit.rlim_max;
     setrlimit(RLIMIT_NOFILE, &limit);
     if (static_cast<long long>(limit.rlim_cur) < wanted + 16) {
-        lab::report("warning: the descriptor limit " + std::to_string(limit.rlim_cur) +
-                    " is too low for " + std::to_string(wanted) + " connections");
+        lab::note("warning: the descriptor limit " + std::to_string(limit.rlim_cur) +
+                  " is too low for " + std::to_string(wanted) + " connections");
     }
 }
 
@@ -849,12 +850,12 @@ int main(int argc, char** argv) {
     args.option("--idle-connections", &o.idle_connections, 0, 1'000'000);
     args.option("--depth", &o.depth, 1, 4096);
     args.option("--size", &o.size, 1, 1 << 20);
-    args.option("--duration", &o.duration, 0.01, 3600.0);
-    args.option("--warmup", &o.warmup, 0.0, 3600.0);
+    args.seconds("--duration", &o.duration);
+    args.seconds("--warmup", &o.warmup);
     args.option("--server-pid", &o.server_pid, 0, 1 << 30);
     args.flag("--idle", &o.idle);
     args.option("--connect-batch", &o.connect_batch, 1, 1'000'000);
-    args.option("--timeout", &o.timeout, 0.01, 3600.0);
+    args.seconds("--timeout", &o.timeout);
     args.flag("--json", &o.json);
     args.parse(argc, argv);
     if (!args.given("--port") || args.port() == 0) args.usage_error("--port N is required");
@@ -869,16 +870,16 @@ int main(int argc, char** argv) {
         args.usage_error("only loopback addresses: this tool floods its target");
     }
 
-    lab::ignore_sigpipe();  // a server that resets a connection must not kill the generator
-    lab::install_stop_handlers();
+    std::signal(SIGPIPE, SIG_IGN);  // a server that resets a connection must not kill the generator
+    lab::handle_signals();
     raise_fd_limit(o.connections + o.idle_connections);
 
     LoadGen generator(o, server);
     const Report report = generator.run();
     print_report(o, report);
     if (report.joined == 0) {
-        lab::die("no connection to " + lab::format_address(server) +
-                 " got an echo: " + report.first_error);
+        lab::fatal("no connection to " + lab::format_address(server) +
+                   " got an echo: " + report.first_error);
     }
     return lab::kExitOk;
 }

@@ -18,7 +18,7 @@ int open_null() {
 
 TEST(Fd, DefaultHoldsNothing) {
     const lab::Fd fd;
-    EXPECT_FALSE(fd.valid());
+    EXPECT_FALSE(fd);
     EXPECT_FALSE(static_cast<bool>(fd));
     EXPECT_EQ(fd.get(), -1);
 }
@@ -83,7 +83,7 @@ TEST(Fd, ReleaseGivesUpOwnership) {
     {
         lab::Fd fd(raw);
         released = fd.release();
-        EXPECT_FALSE(fd.valid());
+        EXPECT_FALSE(fd);
     }
     EXPECT_EQ(released, raw);
     EXPECT_TRUE(is_open(raw));
@@ -99,7 +99,7 @@ TEST(Fd, ResetClosesAndTakesANewOne) {
     EXPECT_EQ(fd.get(), second);
     fd.reset();
     EXPECT_FALSE(is_open(second));
-    EXPECT_FALSE(fd.valid());
+    EXPECT_FALSE(fd);
 }
 
 }  // namespace

@@ -4,8 +4,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <climits>
 #include <chrono>
 #include <csignal>
+#include <cstdlib>
 #include <string>
 #include <thread>
 #include <vector>
@@ -63,8 +65,8 @@ TEST(WriteAll, CompletesShortWritesAgainstASlowReader) {
 
 TEST(WriteAll, RetriesWhenASignalInterrupts) {
     // A handler installed without SA_RESTART makes a blocked write() return EINTR (or a
-    // short count); write_all must carry on either way.
-    lab::install_stop_handlers();
+    // short count); while no stop was asked for, write_all carries on either way.
+    lab::handle_signals();
     Pair pair = socket_pair();
     const int tiny = 4096;
     setsockopt(pair.writer.get(), SOL_SOCKET, SO_SNDBUF, &tiny, sizeof tiny);
@@ -73,7 +75,7 @@ TEST(WriteAll, RetriesWhenASignalInterrupts) {
     std::vector<char> got;
     std::thread reader([&] {
         std::this_thread::sleep_for(std::chrono::milliseconds(50));  // let the writer block
-        pthread_kill(writer_thread, SIGINT);
+        pthread_kill(writer_thread, SIGALRM);
         char chunk[4096];
         for (;;) {
             const ssize_t n = read(pair.reader.get(), chunk, sizeof chunk);
@@ -86,25 +88,89 @@ TEST(WriteAll, RetriesWhenASignalInterrupts) {
     reader.join();
     EXPECT_TRUE(ok);
     EXPECT_EQ(got, data);
-    EXPECT_TRUE(lab::stop_requested());
-    EXPECT_EQ(lab::stop_signal(), SIGINT);
+    EXPECT_FALSE(lab::stop_requested());
 }
 
-TEST(Signals, BlockStopSignalsReturnsTheMaskToWaitWith) {
-    std::thread([] {  // a thread of its own, so the test's other threads keep their mask
-        const sigset_t wait_mask = lab::block_stop_signals();
-        sigset_t now;
-        pthread_sigmask(SIG_SETMASK, nullptr, &now);
-        EXPECT_EQ(sigismember(&now, SIGINT), 1);
-        EXPECT_EQ(sigismember(&now, SIGTERM), 1);
-        EXPECT_EQ(sigismember(&wait_mask, SIGINT), 0);
-        EXPECT_EQ(sigismember(&wait_mask, SIGTERM), 0);
-    })
-        .join();
+// The stop flag stays set for the rest of the process: these run in a child (EXPECT_EXIT).
+TEST(Signals, AStopSignalEndsAWriteToAPeerThatNeverReads) {
+    EXPECT_EXIT(
+        {
+            lab::handle_signals();
+            Pair pair = socket_pair();
+            std::thread([] {
+                std::this_thread::sleep_for(std::chrono::milliseconds(50));
+                kill(getpid(), SIGTERM);
+            }).detach();
+            const std::vector<char> data = pattern(std::size_t{16} << 20);  // never all taken
+            const bool ok = lab::write_all(pair.writer.get(), data.data(), data.size());
+            std::exit(!ok && errno == EINTR && lab::stop_signal_name() == std::string("SIGTERM")
+                          ? 0
+                          : 1);
+        },
+        testing::ExitedWithCode(0), "");
+}
+
+TEST(Signals, ACallThatBlocksAfterTheStopIsInterruptedToo) {
+    // The race: the signal arrives after the loop looked at the flag, before it blocks.
+    EXPECT_EXIT(
+        {
+            lab::handle_signals();
+            raise(SIGINT);  // handled now: nothing is blocked yet
+            Pair pair = socket_pair();
+            char byte = 0;
+            const auto began = std::chrono::steady_clock::now();
+            const ssize_t n = read(pair.reader.get(), &byte, 1);  // nothing will ever come
+            const auto waited = std::chrono::steady_clock::now() - began;
+            std::exit(n == -1 && errno == EINTR && waited < std::chrono::seconds(1) &&
+                              lab::stop_signal_name() == std::string("SIGINT")
+                          ? 0
+                          : 1);
+        },
+        testing::ExitedWithCode(0), "");
+}
+
+TEST(Signals, LineReaderStopsWaitingForInput) {
+    EXPECT_EXIT(
+        {
+            lab::handle_signals();
+            int fds[2];
+            if (pipe(fds) != 0) std::exit(2);
+            std::thread([] {
+                std::this_thread::sleep_for(std::chrono::milliseconds(50));
+                kill(getpid(), SIGINT);
+            }).detach();
+            lab::LineReader input(fds[0]);  // the write end stays open: no end of input
+            const auto line = input.read_line();
+            std::exit(!line && errno == EINTR ? 0 : 1);
+        },
+        testing::ExitedWithCode(0), "");
+}
+
+TEST(WaitReadable, TimesOutAndSeesData) {
+    Pair pair = socket_pair();
+    const auto began = std::chrono::steady_clock::now();
+    EXPECT_FALSE(lab::wait_readable(pair.reader.get(), 0.05));
+    EXPECT_GE(std::chrono::steady_clock::now() - began, std::chrono::milliseconds(50));
+    ASSERT_TRUE(lab::write_all(pair.writer.get(), "x"));
+    EXPECT_TRUE(lab::wait_readable(pair.reader.get(), 5));
+}
+
+TEST(Seconds, SmallTimeoutsRoundUpNeverToZero) {
+    const timeval tiny = lab::to_timeval(0.0000001);
+    EXPECT_EQ(tiny.tv_sec, 0);
+    EXPECT_EQ(tiny.tv_usec, 1);
+    const timeval some = lab::to_timeval(2.5);
+    EXPECT_EQ(some.tv_sec, 2);
+    EXPECT_EQ(some.tv_usec, 500000);
+    EXPECT_EQ(lab::to_milliseconds(0.0000001), 1);
+    EXPECT_EQ(lab::to_milliseconds(1.0001), 1001);
+    EXPECT_EQ(lab::to_milliseconds(1e12), INT_MAX);
+    EXPECT_EQ(lab::seconds_text(2), "2s");
+    EXPECT_EQ(lab::seconds_text(0.25), "0.25s");
 }
 
 TEST(WriteAll, ReportsAPeerThatHasGone) {
-    lab::ignore_sigpipe();
+    signal(SIGPIPE, SIG_IGN);
     Pair pair = socket_pair();
     pair.reader.reset();
     EXPECT_FALSE(lab::write_all(pair.writer.get(), "x", 1));
@@ -180,8 +246,12 @@ TEST(Output, ReadyLinePayloadAndLog) {
     lab::print_payload(std::string("a\0b", 3));
     lab::Log(false)("from ", "127.0.0.1:5", ": ", 12, " bytes");
     lab::Log(true)("this line is quiet");
+    lab::Log(false)("from ", std::string("@x\nready: tcp 6.6.6.6:66\x1b]0;t\a"), ": ", 2u, " bytes");
+    lab::print_ready("unix-dgram", "@evil\nready");
     EXPECT_EQ(testing::internal::GetCapturedStdout(),
-              "ready: udp 127.0.0.1:40123\na\0b\nfrom 127.0.0.1:5: 12 bytes\n"s);
+              "ready: udp 127.0.0.1:40123\na\0b\nfrom 127.0.0.1:5: 12 bytes\n"
+              "from @x\\nready: tcp 6.6.6.6:66\\x1b]0;t\\x07: 2 bytes\n"
+              "ready: unix-dgram @evil\\nready\n"s);
 }
 
 TEST(Log, LinesFromManyThreadsNeverInterleave) {
