@@ -19,7 +19,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("LABS_BIN") or REPO / "build").resolve()
 SECTIONS = ["Goal", "Source notes", "Concepts", "Walk-through", "Run it by hand",
-            "What you should see", "Limits", "Pitfalls", "Exercises", "Further reading"]
+            "What you should see", "Limits", "Pitfalls", "Exercises", "Your turn",
+            "Further reading", "Grading"]
+TASK = re.compile(r"^\s*// TASK (\d\d\.[a-z0-9-]+)\s*$")
 ELISION = "// ..."
 SHELL_OPERATORS = {"|", "||", "&&", ";", "&", ">", ">>", "<", "2>", "2>&1"}
 
@@ -56,21 +58,11 @@ def significant(lines):
 
 
 def without_kit_markers(lines):
-    """Source lines less the student kit's markers (BEGIN SOLUTION with its hint lines,
-    STUB, END SOLUTION): they are not code, and an excerpt may run across them."""
-    kept, in_hint = [], False
-    for line in lines:
-        text = line.strip()
-        if text.startswith("// BEGIN SOLUTION"):
-            in_hint = True
-            continue
-        if in_hint and re.match(r"//\s{2,}\S", text):
-            continue
-        in_hint = False
-        if text.startswith("// STUB:") or text == "// END SOLUTION":
-            continue
-        kept.append(line)
-    return kept
+    """Source lines less the student kit's markers (`// TASK NN.name`, `// KIT: ...`,
+    `// END TASK`): they are not code, and an excerpt may run across them."""
+    return [line for line in lines
+            if not (TASK.match(line) or line.strip().startswith("// KIT:")
+                    or line.strip() == "// END TASK")]
 
 
 def contains_run(haystack, needle):
@@ -153,8 +145,10 @@ def test_commands_by_hand_use_real_options(lab):
         if info.split()[:1] not in (["sh"], ["bash"], ["console"]):
             continue
         for offset, line in enumerate(body):
+            if info.startswith("console") and not line.strip().startswith("$ "):
+                continue  # a session: only `$` lines are commands
             try:
-                words = shlex.split(line.lstrip("$ "), comments=True)
+                words = shlex.split(line.strip().removeprefix("$ "), comments=True)
             except ValueError:
                 continue
             for i, word in enumerate(words):
@@ -191,3 +185,28 @@ def test_handout_states_the_points_of_weights_toml(lab):
     assert "worth %g points" % points in said, said
     for g in weights["group"]:
         assert "%s %g" % (g["name"], points * g["points"] / total) in said, (g["name"], said)
+
+
+def tasks_in_code(lab):
+    ids = []
+    for path in sorted((REPO / "labs" / lab).iterdir()):
+        if path.suffix in (".cpp", ".hpp"):
+            ids += [m.group(1) for m in map(TASK.match, path.read_text().split("\n")) if m]
+    return ids
+
+
+@pytest.mark.parametrize("lab", lab_params())
+def test_your_turn_lists_every_task(lab):
+    """Each task region of the code (`// TASK NN.name`) has its entry in the handout's
+    "Your turn" section (`- **NN.name**: ...`), and each entry names a task in the code."""
+    in_code = tasks_in_code(lab)
+    assert len(in_code) == len(set(in_code)), "a task id appears twice: %s" % in_code
+    assert in_code, "no `// TASK %s.name` region in labs/%s" % (lab[:2], lab)
+    assert all(i.startswith(lab[:2] + ".") for i in in_code), in_code
+    text = section(readme(lab), "Your turn")
+    in_handout = re.findall(r"^\s*[-*] \*\*(\d\d\.[a-z0-9-]+)\*\*:", text, re.M)
+    assert sorted(in_handout) == sorted(set(in_handout)), "an entry appears twice"
+    missing = [i for i in in_code if i not in in_handout]
+    stale = [i for i in in_handout if i not in in_code]
+    assert not missing, "tasks without an entry in 'Your turn': %s" % missing
+    assert not stale, "'Your turn' entries for tasks the code does not have: %s" % stale
