@@ -1,4 +1,8 @@
-"""make tour: every lab's narrated scenario behaves, and the tour says so."""
+"""make tour: the handouts' sessions played with their prose as narration.
+
+Every session is already played by test_sessions.py; this checks that the tour narrates one
+(the prose between the terminal blocks, the commands, the screens) and says it behaved.
+"""
 
 import os
 import subprocess
@@ -9,13 +13,14 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("LABS_BIN") or REPO / "build").resolve()
 
 
-def test_tour_runs_every_lab():
-    p = subprocess.run([sys.executable, str(REPO / "scripts" / "tour"), "--bin", str(BIN)],
+def test_tour_narrates_a_session():
+    p = subprocess.run([sys.executable, str(REPO / "scripts" / "tour"), "--bin", str(BIN), "03"],
                        capture_output=True, timeout=120)
     out = p.stdout.decode()
-    assert p.returncode == 0, out + p.stderr.decode()
-    labs = sorted(d.name for d in (REPO / "labs").iterdir() if d.name[:2].isdigit())
-    for lab in labs:
-        assert "== %s" % lab in out
-    assert "%d of %d labs behaved" % (len(labs), len(labs)) in out
-    assert "MISBEHAVED" not in out
+    assert p.returncode in (0, 1), out + p.stderr.decode()
+    assert "== 03-tcp-echo" in out
+    if "skipped:" in out:
+        return  # no network namespace here: test_sessions.py says why
+    assert p.returncode == 0 and "1 of 1 labs behaved" in out, out
+    assert "--- terminal 1" in out and "| $ build/03-tcp-echo/server" in out, out
+    assert "| ready: tcp 127.0.0.1:9903" in out, out
