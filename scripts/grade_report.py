@@ -1,19 +1,73 @@
-"""A pytest plugin for scripts/grade: one JSON line per finished test, written as soon as
-the test ends, so a lab stopped at its time limit still leaves what it had finished.
+"""A pytest plugin for the grader: what was collected, then one JSON line per finished
+test, written as soon as the test ends (a lab stopped at its time limit still reports what
+it had finished).
 
-Enabled with `-p grade_report` (scripts/ on PYTHONPATH); writes to $GRADE_REPORT.
+Enabled with `-p grade_report` (scripts/ on PYTHONPATH). It writes to the descriptor
+$GRADE_REPORT_FD, which the grader opened for pytest alone: student programs never inherit
+it (the harness starts them with close_fds), and in the sandbox they run without the
+capabilities that /proc/PID/fd of pytest would need.
+
+$GRADE_UNGRADED (a JSON list of shell patterns) names tests that check the instructor's
+own tree, not the student's programs: they are deselected. Lines:
+
+    {"collected": [{"nodeid": ..., "markers": [...], "doc": "..."}, ...]}
+    {"nodeid": ..., "outcome": "passed|failed|skipped", "seconds": 0.1, "message": "...",
+     "stderr": [{"program": "server --port 0", "status": 1, "tail": "..."}]}
 """
 
+import fnmatch
+import inspect
 import json
 import os
 
-_markers = {}
+import pytest
+
 _results = {}
+_fd = None
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        _markers[item.nodeid] = sorted({m.name for m in item.iter_markers()})
+def _write(entry):
+    global _fd
+    if _fd is None:
+        value = os.environ.get("GRADE_REPORT_FD", "")
+        _fd = int(value) if value.isdigit() else -1
+    if _fd < 0:
+        return
+    data = (json.dumps(entry) + "\n").encode()
+    while data:
+        data = data[os.write(_fd, data):]
+
+
+def _ungraded():
+    try:
+        patterns = json.loads(os.environ.get("GRADE_UNGRADED") or "[]")
+    except ValueError:
+        return []
+    return [p for p in patterns if isinstance(p, str)]
+
+
+def _doc(item):
+    doc = inspect.getdoc(getattr(item, "function", None)) or ""
+    return doc.split("\n\n")[0].replace("\n", " ").strip()
+
+
+def pytest_collection_modifyitems(config, items):
+    patterns = _ungraded()
+    if patterns:
+        keep, drop = [], []
+        for item in items:
+            name = item.name.split("[", 1)[0]
+            (drop if any(fnmatch.fnmatch(name, p) for p in patterns) else keep).append(item)
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = keep
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session):
+    _write({"collected": [{"nodeid": item.nodeid,
+                           "markers": sorted({m.name for m in item.iter_markers()}),
+                           "doc": _doc(item)} for item in session.items]})
 
 
 def _message(report):
@@ -27,9 +81,36 @@ def _message(report):
     return str(report.longrepr).strip().split("\n")[-1]
 
 
+def _programs(item):
+    """The tail of each lab program's stderr, from the harness's `lab` fixture."""
+    lab = getattr(item, "funcargs", {}).get("lab")
+    found = []
+    for p in getattr(lab, "programs", None) or []:
+        try:
+            argv = [os.path.basename(str(p.argv[0]))] + [str(a) for a in p.argv[1:]]
+            tail = p.stderr[-1500:]
+            status = p.proc.poll()
+        except Exception:  # the harness changed shape: report without it
+            continue
+        if tail.strip():
+            found.append({"program": " ".join(argv)[:200], "status": status, "tail": tail})
+    return found[-4:]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        entry = _results.setdefault(item.nodeid, {})
+        entry.setdefault("stderr", _programs(item))
+
+
 def pytest_runtest_logreport(report):
-    entry = _results.setdefault(report.nodeid, {"outcome": "passed", "seconds": 0.0, "message": ""})
-    entry["seconds"] += report.duration
+    entry = _results.setdefault(report.nodeid, {})
+    entry.setdefault("outcome", "passed")
+    entry.setdefault("message", "")
+    entry["seconds"] = entry.get("seconds", 0.0) + report.duration
     if report.failed and entry["outcome"] != "failed":
         entry["outcome"] = "failed"
         entry["message"] = _message(report)
@@ -38,8 +119,6 @@ def pytest_runtest_logreport(report):
         entry["message"] = _message(report)
     if report.when == "teardown":
         entry["nodeid"] = report.nodeid
-        entry["markers"] = _markers.get(report.nodeid, [])
-        path = os.environ.get("GRADE_REPORT")
-        if path:
-            with open(path, "a") as f:
-                f.write(json.dumps(entry) + "\n")
+        entry.setdefault("stderr", [])
+        _write(entry)
+        _results.pop(report.nodeid, None)
