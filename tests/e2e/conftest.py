@@ -31,6 +31,9 @@ from pathlib import Path
 
 import pytest
 
+# The shared tests and fault library: plain asserts there explain themselves as in a test.
+pytest.register_assert_rewrite("echo_contract", "faults")
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("LABS_BIN") or REPO / "build").resolve()
 READY = re.compile(r"^ready: (udp|tcp|unix|unix-dgram) (\S+)$")
@@ -379,11 +382,22 @@ def udp_socket(family=socket.AF_INET, timeout: float = 5.0, bind_host=None) -> s
     return s
 
 
-def tcp_connect(address: Address, timeout: float = 5.0) -> socket.socket:
-    s = socket.socket(address.family, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.connect(address.sockaddr)
-    return s
+def connect(address: Address, timeout: float = 5.0) -> socket.socket:
+    """A stream socket connected to `address` (TCP over IPv4 or IPv6, or a Unix socket).
+    A Unix connect() to a full listen queue fails at once with EAGAIN, where a TCP SYN
+    would wait: it is retried until `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = socket.socket(address.family, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(address.sockaddr)
+            return s
+        except BlockingIOError:
+            s.close()
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 def recv_exactly(sock: socket.socket, size: int) -> bytes:
@@ -394,6 +408,50 @@ def recv_exactly(sock: socket.socket, size: int) -> bytes:
             raise AssertionError("peer closed after %d of %d bytes" % (len(data), size))
         data += chunk
     return bytes(data)
+
+
+def read_to_end(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """Everything the peer sends until it closes its end."""
+    sock.settimeout(timeout)
+    data = bytearray()
+    while chunk := sock.recv(65536):
+        data += chunk
+    return bytes(data)
+
+
+def exchange(sock: socket.socket, payload: bytes, timeout: float = 10.0) -> bytes:
+    """Writes `payload` from a thread while reading as many bytes back, as a real peer
+    must: one that wrote everything before reading would deadlock on full buffers."""
+    errors = []
+
+    def write():
+        try:
+            sock.sendall(payload)
+        except OSError as e:
+            errors.append(e)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    echoed = recv_exactly(sock, len(payload))
+    writer.join(timeout)
+    assert not errors, errors
+    return echoed
+
+
+def roundtrip(address: Address, payload: bytes, timeout: float = 10.0) -> bytes:
+    """A whole conversation: connects, writes `payload` while reading, half-closes when
+    done writing (shutdown(SHUT_WR), as the labs' clients do), and returns everything the
+    server sent until it closed."""
+    with connect(address, timeout) as s:
+        def write():
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        reply = read_to_end(s, timeout)
+        writer.join(timeout)
+        return reply
 
 
 def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02, what: str = "condition"):
@@ -472,6 +530,27 @@ def group_alive(pgid: int) -> list[int]:
     return alive
 
 
+def accept_queue(address: Address) -> int:
+    """Connections to a TCP listener that the kernel has completed and the server not yet
+    accepted (the rx_queue of a LISTEN row in /proc/net/tcp). 0 for a Unix socket, whose
+    queue /proc does not show."""
+    if address.is_unix:
+        return 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == address.port:
+                    return int(fields[4].split(":")[1], 16)
+    return 0
+
+
+def sanitized(pid: int) -> bool:
+    """Whether the program runs under AddressSanitizer (its memory use is then far larger)."""
+    with open("/proc/%d/maps" % pid) as f:
+        return "libasan" in f.read()
+
+
 def has_ipv6_loopback() -> bool:
     try:
         with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
@@ -483,39 +562,6 @@ def has_ipv6_loopback() -> bool:
 
 needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback (::1) here")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-
-
-# ------------------------------------------- the fault sweep of a datagram receiver
-
-MAX_IPV4_PAYLOAD = 65507
-
-
-def datagram_receiver_fault_sweep(receiver: Program, send, still_served, seed: int) -> None:
-    """Labs 10 and 11: `send(payload)` delivers one datagram to `receiver`, which prints
-    it; `still_served()` checks the lab's own sender still gets through. After random,
-    empty, maximum-size and NUL datagrams, 200 source ports, an oversized datagram (refused
-    by the sending kernel) and 30 maximum-size ones, the receiver is served, and its
-    descriptors and memory are back near their baseline."""
-    import random
-    baseline_fds = open_fds(receiver.pid)
-    baseline_rss = rss_kib(receiver.pid)
-    rng = random.Random(seed)
-    random_bytes = bytes(rng.randrange(256) for _ in range(512)).replace(b"\n", b".")
-    for payload in (random_bytes, b"", b"x" * MAX_IPV4_PAYLOAD, b"\0" * 100):
-        send(payload)
-        assert receiver.read_line() == payload
-        still_served()
-    for i in range(200):  # many senders, each from its own port: no state per sender
-        send(b"port %d" % i)
-        assert receiver.read_line() == b"port %d" % i
-    with pytest.raises(OSError):  # too big for IPv4: refused by the sending kernel
-        send(b"x" * (MAX_IPV4_PAYLOAD + 1))
-    for _ in range(30):
-        send(b"y" * MAX_IPV4_PAYLOAD)
-        assert len(receiver.read_line()) == MAX_IPV4_PAYLOAD
-    still_served()
-    wait_until(lambda: open_fds(receiver.pid) == baseline_fds, what="fds back to baseline")
-    assert rss_kib(receiver.pid) < baseline_rss + 8 * 1024
 
 
 # ------------------------------------------------------- test hosts (scripts/netlab)
@@ -595,3 +641,39 @@ def pytest_terminal_summary(terminalreporter):
         tr.write_line("lab %s: %d faults tried, %d survived%s" % (
             lab, tried, len(survived),
             "; lost: " + ", ".join(entry["failed"]) if entry["failed"] else ""))
+
+tcp_connect = connect  # TRANSITION
+
+# ------------------------------------------- the fault sweep of a datagram receiver
+
+MAX_IPV4_PAYLOAD = 65507
+
+
+def datagram_receiver_fault_sweep(receiver: Program, send, still_served, seed: int) -> None:
+    """Labs 10 and 11: `send(payload)` delivers one datagram to `receiver`, which prints
+    it; `still_served()` checks the lab's own sender still gets through. After random,
+    empty, maximum-size and NUL datagrams, 200 source ports, an oversized datagram (refused
+    by the sending kernel) and 30 maximum-size ones, the receiver is served, and its
+    descriptors and memory are back near their baseline."""
+    import random
+    baseline_fds = open_fds(receiver.pid)
+    baseline_rss = rss_kib(receiver.pid)
+    rng = random.Random(seed)
+    random_bytes = bytes(rng.randrange(256) for _ in range(512)).replace(b"\n", b".")
+    for payload in (random_bytes, b"", b"x" * MAX_IPV4_PAYLOAD, b"\0" * 100):
+        send(payload)
+        assert receiver.read_line() == payload
+        still_served()
+    for i in range(200):  # many senders, each from its own port: no state per sender
+        send(b"port %d" % i)
+        assert receiver.read_line() == b"port %d" % i
+    with pytest.raises(OSError):  # too big for IPv4: refused by the sending kernel
+        send(b"x" * (MAX_IPV4_PAYLOAD + 1))
+    for _ in range(30):
+        send(b"y" * MAX_IPV4_PAYLOAD)
+        assert len(receiver.read_line()) == MAX_IPV4_PAYLOAD
+    still_served()
+    wait_until(lambda: open_fds(receiver.pid) == baseline_fds, what="fds back to baseline")
+    assert rss_kib(receiver.pid) < baseline_rss + 8 * 1024
+
+
