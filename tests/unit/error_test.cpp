@@ -52,15 +52,17 @@ TEST(Escape, PrintableTextAndUtf8PassUnchanged) {
 TEST(Escape, ControlBytesBackslashesAndBrokenUtf8AreEscaped) {
     EXPECT_EQ(lab::escape(std::string("a\0b", 3)), "a\\x00b");
     EXPECT_EQ(lab::escape("\n\r\t\\\x7f\x1b"), "\\n\\r\\t\\\\\\x7f\\x1b");
-    EXPECT_EQ(lab::escape("\xff\xfe"), "\\xff\\xfe");       // never UTF-8
-    EXPECT_EQ(lab::escape("\xc3"), "\\xc3");                // cut short
-    EXPECT_EQ(lab::escape("\xc0\x80"), "\\xc0\\x80");       // overlong NUL
+    EXPECT_EQ(lab::escape("\xff\xfe"), "\\xff\\xfe");           // never UTF-8
+    EXPECT_EQ(lab::escape("\xc3"), "\\xc3");                    // cut short
+    EXPECT_EQ(lab::escape("\xc0\x80"), "\\xc0\\x80");           // overlong NUL
     EXPECT_EQ(lab::escape("\xed\xa0\x80"), "\\xed\\xa0\\x80");  // a surrogate
 }
 
 TEST(Escape, InvisibleUnicodeControlsAreEscaped) {
-    EXPECT_EQ(lab::escape("\xc2\x9b"), "\\u009b");          // C1 CSI
-    EXPECT_EQ(lab::escape("a\xe2\x80\xae" "b"), "a\\u202eb");  // right-to-left override
+    EXPECT_EQ(lab::escape("\xc2\x9b"), "\\u009b");  // C1 CSI
+    EXPECT_EQ(lab::escape("a\xe2\x80\xae"
+                          "b"),
+              "a\\u202eb");  // right-to-left override
     EXPECT_EQ(lab::escape("\xe2\x81\xa6"), "\\u2066");
 }
 

@@ -4,8 +4,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <climits>
 #include <chrono>
+#include <climits>
 #include <csignal>
 #include <cstdlib>
 #include <string>
@@ -103,9 +103,8 @@ TEST(Signals, AStopSignalEndsAWriteToAPeerThatNeverReads) {
             }).detach();
             const std::vector<char> data = pattern(std::size_t{16} << 20);  // never all taken
             const bool ok = lab::write_all(pair.writer.get(), data.data(), data.size());
-            std::exit(!ok && errno == EINTR && lab::stop_signal_name() == std::string("SIGTERM")
-                          ? 0
-                          : 1);
+            std::exit(
+                !ok && errno == EINTR && lab::stop_signal_name() == std::string("SIGTERM") ? 0 : 1);
         },
         testing::ExitedWithCode(0), "");
 }
@@ -246,7 +245,8 @@ TEST(Output, ReadyLinePayloadAndLog) {
     lab::print_payload(std::string("a\0b", 3));
     lab::Log(false)("from ", "127.0.0.1:5", ": ", 12, " bytes");
     lab::Log(true)("this line is quiet");
-    lab::Log(false)("from ", std::string("@x\nready: tcp 6.6.6.6:66\x1b]0;t\a"), ": ", 2u, " bytes");
+    lab::Log(false)("from ", std::string("@x\nready: tcp 6.6.6.6:66\x1b]0;t\a"), ": ", 2u,
+                    " bytes");
     lab::print_ready("unix-dgram", "@evil\nready");
     EXPECT_EQ(testing::internal::GetCapturedStdout(),
               "ready: udp 127.0.0.1:40123\na\0b\nfrom 127.0.0.1:5: 12 bytes\n"
