@@ -1,21 +1,36 @@
-"""Lab 04-tcp-fork: a TCP echo server with one child process per connection."""
+"""Lab 04-tcp-fork: a TCP echo server with one child process per connection.
+
+What every echo server promises is tested by the echo contract (echo_contract.py); here,
+what this lab adds: children, none left behind as zombies, --max-children, its logs.
+"""
 
 import os
 import re
 import signal
 import socket
-import subprocess
 import time
 
 import pytest
 
-from conftest import (children_of, group_alive, needs_ipv6, open_fds, process_state,
-                      recv_exactly, rss_kib, tcp_connect, wait_until)
+from conftest import (children_of, connect, group_alive, open_fds, process_state, recv_exactly,
+                      wait_until)
+from echo_contract import EchoLab, echo_contract
+from faults import STREAM_FAULTS, fault_name, more_clients_than_the_limit, survive
 
-from stream_faults import (MIB, fault_half_close, fault_half_message_then_stall,
-                           fault_megabyte_without_newline, fault_never_reads,
-                           fault_random_bytes, fault_reset_mid_transfer, fault_silent_peer,
-                           fault_zero_bytes, linger_reset, roundtrip, served)
+LAB = EchoLab(
+    concurrent=20,
+    idle_timeout=True,
+    # Parent and child both log, in either order: test_logs_connect_child_exit reads them.
+    logs={"reset": r"^child \d+ exited with status (0|1)$"},
+    help_mentions={"server": [b"--max-children"]},
+    bad_arguments=[
+        ("server", ["--max-children", "0"]), ("server", ["--max-children", "5000"]),
+        ("server", ["--max-children", "many"]), ("server", ["--max-children"]),
+        ("server", ["--port", "-1"]), ("server", ["--bogus"]), ("client", ["--port", "65536"]),
+        ("client", ["--max-children", "2"]),
+    ],
+)
+globals().update(echo_contract(LAB))
 
 
 def echo_once(s: socket.socket, data: bytes) -> bytes:
@@ -44,15 +59,6 @@ def socket_fds(pid: int) -> int:
 
 # ----------------------------------------------------------------- the normal path
 
-def test_client_echoes_each_line(start, run):
-    server = start("server", "--port", "0")
-    result = run("client", "--host", server.host, "--port", str(server.port),
-                 input=b"hello\nworld\n")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == b"hello\nworld\n"
-    assert result.stderr == ""
-
-
 def test_positional_arguments_and_binary_bytes(start, run):
     server = start("server", "0")
     data = b"\x00\xff\n\x80zero\x00\n"
@@ -78,7 +84,7 @@ def expect_all(server, patterns, timeout: float = 10.0) -> dict:
 
 def test_logs_connect_child_exit(start):
     server = start("server", "--port", "0")
-    with tcp_connect(server.address) as s:
+    with connect(server.address) as s:
         me = re.escape("%s:%d" % s.getsockname())
         assert echo_once(s, b"12345") == b"12345"
     connected = r"^client %s connected: child (\d+)$" % me
@@ -88,31 +94,11 @@ def test_logs_connect_child_exit(start):
     server.expect(r"^child %d exited with status 0$" % child)
 
 
-@needs_ipv6
-def test_ipv6(start, run):
-    server = start("server", "--host", "::1", "--port", "0")
-    result = run("client", "::1", str(server.port), input=b"six\n")
-    assert result.stdout == b"six\n"
-
-
-def test_nc_interop(start):
-    server = start("server", "--port", "0")
-    nc = subprocess.run(["nc", "-N", server.host, str(server.port)],
-                        input=b"from netcat\n", capture_output=True, timeout=10)
-    assert nc.stdout == b"from netcat\n"
-
-
-def test_one_mebibyte_of_random_bytes(start):
-    server = start("server", "--port", "0", "--quiet")
-    payload = os.urandom(MIB)
-    assert roundtrip(server.address, payload) == payload
-
-
 # ----------------------------------------------------------------- processes
 
 def test_twenty_clients_at_once(start):
     server = start("server", "--port", "0", "--quiet")
-    clients = [tcp_connect(server.address) for _ in range(20)]
+    clients = [connect(server.address) for _ in range(20)]
     try:
         # All twenty are served while all twenty stay connected: twenty children.
         for i, s in enumerate(clients):
@@ -127,7 +113,7 @@ def test_twenty_clients_at_once(start):
 
 def test_parent_and_child_each_close_the_descriptor_they_do_not_need(start):
     server = start("server", "--port", "0", "--quiet")
-    with tcp_connect(server.address) as s:
+    with connect(server.address) as s:
         assert echo_once(s, b"x") == b"x"
         [child] = wait_until(lambda: live_children(server.pid), what="a child")
         # the parent: only the listening socket (it closes its copy of conn after fork)
@@ -139,7 +125,7 @@ def test_hundred_connections_leave_no_zombies_and_no_descriptors(start):
     server = start("server", "--port", "0", "--quiet")
     fds = open_fds(server.pid)
     for i in range(100):
-        with tcp_connect(server.address) as s:
+        with connect(server.address) as s:
             line = b"%d\n" % i
             assert echo_once(s, line) == line
     wait_until(lambda: children_of(server.pid) == [], timeout=10,
@@ -149,12 +135,12 @@ def test_hundred_connections_leave_no_zombies_and_no_descriptors(start):
 
 def test_max_children_makes_the_next_client_wait(start):
     server = start("server", "--port", "0", "--max-children", "2")
-    first, second = tcp_connect(server.address), tcp_connect(server.address)
+    first, second = connect(server.address), connect(server.address)
     assert echo_once(first, b"1\n") == b"1\n"
     assert echo_once(second, b"2\n") == b"2\n"
     server.expect(r"^2 children: not accepting until one exits$")
 
-    third = tcp_connect(server.address)  # queued in the backlog, not accepted
+    third = connect(server.address)  # queued in the backlog, not accepted
     third.sendall(b"3\n")
     third.settimeout(0.5)
     with pytest.raises(socket.timeout):
@@ -168,18 +154,9 @@ def test_max_children_makes_the_next_client_wait(start):
     third.close()
 
 
-def test_reset_mid_stream_is_one_child_s_problem(start):
-    server = start("server", "--port", "0")
-    s = tcp_connect(server.address)
-    s.sendall(b"y" * 300000)
-    linger_reset(s)
-    server.expect(r"^child \d+ exited with status (0|1)$", timeout=10)
-    assert served(server.address)
-
-
 def test_idle_client_is_dropped(start):
     server = start("server", "--port", "0", "--idle-timeout", "0.5")
-    with tcp_connect(server.address, timeout=10) as silent:
+    with connect(server.address, timeout=10) as silent:
         assert silent.recv(10) == b""
     server.expect(r"idle too long", timeout=10)
     server.expect(r"^child \d+ exited with status 1$", timeout=10)
@@ -189,7 +166,7 @@ def test_idle_client_is_dropped(start):
 
 def test_sigterm_ends_parent_and_every_child(start):
     server = start("server", "--port", "0")
-    clients = [tcp_connect(server.address) for _ in range(3)]
+    clients = [connect(server.address) for _ in range(3)]
     for s in clients:
         assert echo_once(s, b"hi\n") == b"hi\n"
     kids = wait_until(lambda: len(live_children(server.pid)) == 3 and live_children(server.pid),
@@ -206,84 +183,25 @@ def test_sigterm_ends_parent_and_every_child(start):
                for line in server.stdout_lines[-3:])
 
 
-def test_sigint_when_idle_exits_0(start):
-    server = start("server", "--port", "0")
-    assert server.stop(signal.SIGINT) == 0
-
-
 def test_sigterm_right_after_a_client_leaves(start):
     """Signals are blocked outside ppoll(), so none is lost between two calls."""
     for _ in range(5):
         server = start("server", "--port", "0", "--quiet")
-        with tcp_connect(server.address) as s:
+        with connect(server.address) as s:
             assert echo_once(s, b"x") == b"x"
         assert server.stop(signal.SIGTERM) == 0
 
 
-# ----------------------------------------------------------------- errors and arguments
-
-def test_no_server_connection_refused(run):
-    with socket.socket() as bound:
-        bound.bind(("127.0.0.1", 0))
-        port = bound.getsockname()[1]
-        result = run("client", "127.0.0.1", str(port), input=b"hi\n")
-    assert result.returncode == 1
-    assert "client: connect 127.0.0.1:%d: Connection refused" % port in result.stderr
-
-
-@pytest.mark.parametrize("prog,args", [
-    ("server", ["--max-children", "0"]),
-    ("server", ["--max-children", "5000"]),
-    ("server", ["--max-children", "many"]),
-    ("server", ["--max-children"]),
-    ("server", ["--port", "-1"]),
-    ("server", ["--bogus"]),
-    ("client", ["--port", "65536"]),
-    ("client", ["--max-children", "2"]),
-])
-def test_bad_arguments_exit_2(run, prog, args):
-    result = run(prog, *args)
-    assert result.returncode == 2
-    assert "usage:" in result.stderr
-    assert result.stdout == b""
-
-
-def test_help_shows_this_lab_s_port(run):
-    for prog in ("server", "client"):
-        result = run(prog, "--help")
-        assert result.returncode == 0
-        assert b"9904" in result.stdout
-    assert b"--max-children" in run("server", "--help").stdout
-
-
 # ----------------------------------------------------------------- fault sweep
 
-def fault_more_clients_than_the_limit(address):
-    """--max-children 4 in the sweep: six silent clients fill it and queue up."""
-    return [tcp_connect(address) for _ in range(6)]
-
-
-FAULTS = [fault_random_bytes, fault_zero_bytes, fault_megabyte_without_newline,
-          fault_silent_peer, fault_half_message_then_stall, fault_reset_mid_transfer,
-          fault_half_close, fault_never_reads, fault_more_clients_than_the_limit]
-
-
 @pytest.mark.faults
-def test_fault_sweep(start):
+@pytest.mark.parametrize("fault", STREAM_FAULTS + [more_clients_than_the_limit(4, busy=False)],
+                         ids=fault_name)
+def test_fault_sweep(start, fault):
+    """One misbehaving peer against a server with --max-children 4 and --idle-timeout 1:
+    a fresh client is served (once a stalled peer's child has dropped it) while the peer
+    misbehaves and after it has gone, every child is reaped, and the server's descriptors
+    and memory come back."""
     server = start("server", "--port", "0", "--max-children", "4", "--idle-timeout", "1",
                    "--quiet")
-    fds = open_fds(server.pid)
-    assert served(server.address)
-    rss = rss_kib(server.pid)
-    for fault in FAULTS:
-        began = time.monotonic()
-        leftovers = fault(server.address) or []
-        assert served(server.address), fault.__name__
-        for s in leftovers:
-            s.close()
-        wait_until(lambda: children_of(server.pid) == [] and open_fds(server.pid) == fds,
-                   timeout=10, what="children reaped, descriptors back after " + fault.__name__)
-        assert server.proc.poll() is None, fault.__name__
-        print("%s: served again after %.2fs" % (fault.__name__, time.monotonic() - began))
-    assert rss_kib(server.pid) < rss + 32 * 1024
-    assert server.stop() == 0
+    survive(server, fault, idle=lambda: children_of(server.pid) == [])

@@ -1,27 +1,58 @@
 """Lab 12-unix-socket: stream and datagram Unix domain sockets, path and abstract names,
-SO_PEERCRED, descriptor passing (SCM_RIGHTS), and a socket file handled safely."""
+SO_PEERCRED, descriptor passing (SCM_RIGHTS), and a socket file handled safely.
 
-import array
+What every echo server promises is tested in stream mode by the echo contract
+(echo_contract.py); here, what this lab adds.
+"""
+
 import os
-import random
-import select
 import signal
 import socket
 import stat
 import subprocess
 import tempfile
-import threading
-import time
 import uuid
 
 import pytest
 
-from conftest import SANITIZER_REPORTS, open_fds, program_path, recv_exactly, rss_kib, wait_until
+from conftest import (SANITIZER_REPORTS, Address, connect, needs_root, program_path,
+                      recv_exactly, wait_until)
+from echo_contract import EchoLab, echo_contract
+from faults import (DGRAM_FAULTS, MIB, STREAM_FAULTS, dgram_echoes, dgram_fault_never_reads,
+                    dgram_fault_oversized, dgram_fault_unbound_sender,
+                    dgram_fault_vanished_senders, fault_descriptor_then_vanish,
+                    fault_full_backlog, fault_name, fault_never_reads, fault_pipe_descriptor,
+                    fault_queue_of_clients_that_left, fault_too_many_descriptors, survive)
 
-MIB = 1 << 20
 MAX_NAME = 107  # sun_path is 108 bytes; a path needs its NUL, an abstract name its lead NUL
 MAX_DATAGRAM = 65536  # the server's kBufferSize
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+
+LAB = EchoLab(
+    concurrent=1,
+    unix=True,
+    idle_timeout=True,
+    logs={"connected": r"^client pid=\d+ uid=\d+ gid=\d+ connected$",
+          "bytes": r"^client pid=\d+: \d+ bytes$", "left": r"^client pid=\d+ left after \d+ bytes$",
+          "stop": r"^stopping on signal SIGNO$"},
+    help_mentions={prog: [b"--path", b"--abstract", b"--dgram"] for prog in ("server", "client")},
+    bad_arguments=[
+        ("server", ["--no-such-flag"]), ("server", ["--port", "70000"]),
+        ("server", ["--port", "nine"]), ("server", ["extra"]), ("server", ["--path"]),
+        ("server", ["--path", ""]), ("server", ["--abstract", ""]),
+        ("server", ["--path", "a.sock", "--abstract", "b"]), ("server", ["--idle-timeout", "0"]),
+        ("server", ["--idle-timeout", "soon"]), ("server", ["--dgram=yes"]),
+        ("client", ["--no-such-flag"]), ("client", ["--port", "70000"]),
+        ("client", ["--host", "127.0.0.1"]), ("client", ["--timeout", "-1"]),
+        ("client", ["--send-fd", "f", "--dgram"]), ("client", ["--send-fd", ""]),
+        ("client", ["--abstract", "x", "--path", "y"]),
+    ],
+)
+globals().update(echo_contract(LAB))
+# The client writes a whole line before it reads the echo: past the two socket buffers
+# (about 400 KB) both sides wait on each other.
+test_one_mebibyte_line_through_the_client = pytest.mark.xfail(
+    reason="lab 12's client deadlocks on a line longer than the socket buffers")(
+    test_one_mebibyte_line_through_the_client)  # noqa: F821 (from the contract)
 
 
 def sock_path(tmp_path, name="s.sock"):
@@ -32,57 +63,17 @@ def abstract_name():
     return "lab12-test-" + uuid.uuid4().hex[:12]
 
 
-def unix_connect(address, timeout=5.0) -> socket.socket:
-    """A connected stream socket. While the server's listen queue is full, connect() fails
-    with EAGAIN at once (a Unix socket never waits like a TCP SYN does): retry until
-    `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        try:
-            s.connect(address)
-            return s
-        except BlockingIOError:
-            s.close()
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.02)
-
-
-def roundtrip(address, payload: bytes, timeout=10.0) -> bytes:
-    """Writes from a thread while reading the echo: a peer that wrote everything before
-    reading would deadlock once both socket buffers are full."""
-    with unix_connect(address, timeout) as s:
-        writer = threading.Thread(target=s.sendall, args=(payload,), daemon=True)
-        writer.start()
-        echoed = recv_exactly(s, len(payload))
-        writer.join(timeout)
-        return echoed
-
-
-def served(address, timeout=10.0) -> bool:
-    """A fresh stream client gets its echo (within `timeout`: the one-at-a-time server may
-    first have to drop a stalled peer)."""
-    with unix_connect(address, timeout) as s:
-        s.sendall(b"ping\n")
-        return recv_exactly(s, 5) == b"ping\n"
+def unix_connect(path: str) -> socket.socket:
+    """A stream socket connected to a socket path, or to an abstract name given as '@name'."""
+    return connect(Address("unix", path))
 
 
 def dgram_socket(tmp_path, name, timeout=5.0) -> socket.socket:
+    """A datagram socket bound to a path of its own in `tmp_path`, where replies come."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     s.settimeout(timeout)
     s.bind(str(tmp_path / name))
     return s
-
-
-def dgram_served(server, tmp_path) -> bool:
-    name = "fresh-%s.sock" % uuid.uuid4().hex[:8]
-    with dgram_socket(tmp_path, name) as s:
-        s.sendto(b"fresh", server.sockaddr)
-        reply, sender = s.recvfrom(100)
-    os.unlink(tmp_path / name)
-    return reply == b"fresh"
 
 
 def env_with_tmpdir(tmpdir):
@@ -102,46 +93,14 @@ def run_with_fd(prog, args, fd, timeout=20.0):
 
 # ----------------------------------------------------------------- stream: the normal path
 
-def test_stream_echo_with_own_client(start, run, tmp_path):
-    path = sock_path(tmp_path)
-    server = start("server", "--path", path)
-    assert server.address.proto == "unix" and server.address.text == path
-    result = run("client", "--path", path, input=b"hello\nworld\n")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == b"hello\nworld\n"
-    assert result.stderr == ""
-    server.expect(r"^client pid=\d+ uid=\d+ gid=\d+ connected$")
-    server.expect(r"left after 12 bytes$")
-
-
 def test_default_path_is_lab12_sock_in_the_working_directory(start, run, tmp_path):
     server = start("server")
-    assert server.address.text == "./lab12.sock"
+    assert server.address.proto == "unix" and server.address.text == "./lab12.sock"
     assert stat.S_ISSOCK(os.lstat(tmp_path / "lab12.sock").st_mode)
     result = run("client", input=b"default\n")
     assert result.stdout == b"default\n"
     assert server.stop() == 0
     assert not (tmp_path / "lab12.sock").exists()
-
-
-def test_stream_echo_with_socat(start, tmp_path):
-    path = sock_path(tmp_path)
-    start("server", "--path", path)
-    p = subprocess.run(["socat", "-t", "5", "-", "UNIX-CONNECT:" + path], input=b"via socat\n",
-                       capture_output=True, timeout=20)
-    assert p.returncode == 0, p.stderr
-    assert p.stdout == b"via socat\n"
-
-
-def test_binary_bytes_pass_unchanged(start, run, tmp_path):
-    path = sock_path(tmp_path)
-    start("server", "--path", path)
-    data = b"nul\x00inside\n\xff\xfe\x80\n\x00\n"
-    result = run("client", "--path", path, input=data)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == data
-    every_byte = bytes(range(256)) * 4
-    assert roundtrip(path, every_byte) == every_byte
 
 
 def test_quiet_server_logs_nothing(start, run, tmp_path):
@@ -150,22 +109,6 @@ def test_quiet_server_logs_nothing(start, run, tmp_path):
     assert run("client", "--path", path, input=b"x\n").stdout == b"x\n"
     assert server.stop() == 0
     assert server.stdout_lines == [b"ready: unix " + path.encode()]
-
-
-def test_second_client_waits_until_the_first_leaves(start, tmp_path):
-    path = sock_path(tmp_path)
-    start("server", "--path", path)
-    first = unix_connect(path)
-    first.sendall(b"one\n")
-    assert recv_exactly(first, 4) == b"one\n"
-    with unix_connect(path) as second:  # connect() succeeds: the backlog holds it
-        second.sendall(b"two\n")
-        second.settimeout(0.5)
-        with pytest.raises(socket.timeout):
-            second.recv(10)  # the server is still busy with the first client
-        second.settimeout(5)
-        first.close()
-        assert recv_exactly(second, 4) == b"two\n"
 
 
 # ----------------------------------------------------------------- SO_PEERCRED
@@ -414,6 +357,8 @@ def test_permissions_keep_other_users_out(start):
 
 @pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT])
 def test_path_removed_on_signal(start, tmp_path, signo):
+    """A stopped server removes its socket file: stream or datagram, idle or with a
+    client connected."""
     path = sock_path(tmp_path)
     server = start("server", "--path", path)
     assert os.path.exists(path)
@@ -422,15 +367,11 @@ def test_path_removed_on_signal(start, tmp_path, signo):
     server_dgram = start("server", "--path", path, "--dgram")
     assert server_dgram.stop(signo) == 0
     assert not os.path.exists(path)
-
-
-def test_sigterm_with_a_client_connected_exits_0(start, tmp_path):
-    path = sock_path(tmp_path)
     server = start("server", "--path", path)
     with unix_connect(path) as s:
         s.sendall(b"hold\n")
         assert recv_exactly(s, 5) == b"hold\n"
-        assert server.stop() == 0  # blocked in recvmsg() on this client: EINTR, then out
+        assert server.stop(signo) == 0  # blocked in recvmsg() on this client: EINTR, then out
     assert not os.path.exists(path)
 
 
@@ -534,258 +475,59 @@ def test_client_without_a_server(run, tmp_path):
     assert list(private.iterdir()) == []  # the private directory went even on failure
 
 
-@pytest.mark.parametrize("prog,args", [
-    ("server", ["--no-such-flag"]),
-    ("server", ["--port", "70000"]),
-    ("server", ["--port", "nine"]),
-    ("server", ["extra"]),
-    ("server", ["--path"]),
-    ("server", ["--path", ""]),
-    ("server", ["--abstract", ""]),
-    ("server", ["--path", "a.sock", "--abstract", "b"]),
-    ("server", ["--idle-timeout", "0"]),
-    ("server", ["--idle-timeout", "soon"]),
-    ("server", ["--dgram=yes"]),
-    ("client", ["--no-such-flag"]),
-    ("client", ["--port", "70000"]),
-    ("client", ["--host", "127.0.0.1"]),
-    ("client", ["--timeout", "-1"]),
-    ("client", ["--send-fd", "f", "--dgram"]),
-    ("client", ["--send-fd", ""]),
-    ("client", ["--abstract", "x", "--path", "y"]),
-])
-def test_bad_arguments_exit_2(run, tmp_path, prog, args):
-    result = run(prog, *args)
-    assert result.returncode == 2
-    lines = result.stderr.splitlines()
-    assert lines[0].startswith(prog + ": ")
-    assert lines[1].startswith("usage: " + prog)
-    assert result.stdout == b""
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_help(run):
-    for prog in ("server", "client"):
-        result = run(prog, "--help")
-        assert result.returncode == 0
-        assert result.stdout.startswith(b"usage: " + prog.encode())
-        for flag in (b"--path", b"--abstract", b"--dgram"):
-            assert flag in result.stdout
-
-
-# ----------------------------------------------------------------- the fault sweep
-
-def send_fds(sock, payload, fds):
-    sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
-
-
-def fault_random_bytes(path):
-    data = random.Random(12).randbytes(200_000)
-    assert roundtrip(path, data) == data
-
-
-def fault_zero_bytes(path):
-    unix_connect(path).close()
-
-
-def fault_megabyte_without_newline(path):
-    data = b"m" * MIB
-    assert roundtrip(path, data) == data
-
-
-def fault_silent_peer(path):
-    return [unix_connect(path)]
-
-
-def fault_half_message_then_stall(path):
-    s = unix_connect(path)
-    s.sendall(b"half a li")
-    return [s]
-
-
-def fault_reset_mid_transfer(path):
-    # Unix sockets have no RST: closing with unread data makes the server's next write
-    # fail with EPIPE or its read with ECONNRESET.
-    s = unix_connect(path)
-    s.sendall(b"r" * 300_000)
-    s.close()
-
-
-def fault_half_close(path):
-    with unix_connect(path) as s:
-        s.sendall(b"bye\n")
-        s.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := s.recv(100):
-            data += chunk
-        assert data == b"bye\n"
-
-
-def fault_never_reads(path):
-    """Writes until nothing moves: the server is then blocked writing its echo to us."""
-    s = unix_connect(path)
-    s.setblocking(False)
-    sent = 0
-    while sent < 64 * MIB:
-        try:
-            sent += s.send(b"n" * 65536)
-        except BlockingIOError:
-            if not select.select([], [s], [], 1.0)[1]:
-                break  # nothing moved for a second: every buffer is full
-        except OSError:
-            break  # the server has already dropped us (EPIPE)
-    return [s]
-
-
-def fault_pipe_descriptor(path):
-    read_end, write_end = os.pipe()  # a pipe would block the server's read forever
-    try:
-        with unix_connect(path) as s:
-            send_fds(s, b"\0", [read_end])
-            s.shutdown(socket.SHUT_WR)
-            assert s.recv(100) == b""
-    finally:
-        os.close(read_end)
-        os.close(write_end)
-
-
-def fault_too_many_descriptors(path):
-    fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(20)]
-    try:
-        with unix_connect(path) as s:
-            send_fds(s, b"\0", fds)
-            s.shutdown(socket.SHUT_WR)
-            assert s.recv(100) == b""  # /dev/null is not a regular file: nothing back
-    finally:
-        for fd in fds:
-            os.close(fd)
-
-
-def fault_descriptor_then_vanish(path):
-    fd = os.open(os.devnull, os.O_RDONLY)
-    s = unix_connect(path)
-    send_fds(s, b"\0", [fd])
-    s.close()  # the passed descriptor is in flight; the server must still close its copy
-    os.close(fd)
-
-
-def fault_full_backlog(path):
-    """More clients than the listen queue holds: a Unix stream connect() to a full queue
-    fails with EAGAIN (non-blocking) instead of being dropped like a TCP SYN."""
-    silent = unix_connect(path)
-    queued, refused = [], 0
-    for _ in range(60):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.setblocking(False)
-        try:
-            s.connect(path)
-            queued.append(s)
-        except BlockingIOError:
-            refused += 1
-            s.close()
-    assert refused > 0 and len(queued) >= 16
-    for s in queued:
-        s.close()
-    return [silent]
-
-
-STREAM_FAULTS = [fault_random_bytes, fault_zero_bytes, fault_megabyte_without_newline,
-                 fault_silent_peer, fault_half_message_then_stall, fault_reset_mid_transfer,
-                 fault_half_close, fault_never_reads, fault_pipe_descriptor,
-                 fault_too_many_descriptors, fault_descriptor_then_vanish, fault_full_backlog]
-
+# ----------------------------------------------------------------- the fault sweeps
 
 @pytest.mark.faults
-def test_stream_fault_sweep(start, tmp_path):
+@pytest.mark.parametrize("fault", STREAM_FAULTS + [
+    fault_queue_of_clients_that_left, fault_pipe_descriptor, fault_too_many_descriptors,
+    fault_descriptor_then_vanish, fault_full_backlog], ids=fault_name)
+def test_stream_fault_sweep(start, tmp_path, fault):
+    """One misbehaving peer against a stream server with --idle-timeout 1: a fresh client
+    is served (once a stalled peer is dropped) while it misbehaves and after it has gone,
+    the server's descriptors and memory come back, and stopped, it removes its socket."""
     path = sock_path(tmp_path)
-    server = start("server", "--path", path, "--idle-timeout", "1", "--quiet")
-    fds = open_fds(server.pid)  # idle: standard streams and the listening socket
-    assert served(path)
-    rss = rss_kib(server.pid)
-    for fault in STREAM_FAULTS:
-        began = time.monotonic()
-        leftovers = fault(path) or []
-        assert served(path), fault.__name__  # after dropping a stalled peer if need be
-        for s in leftovers:
-            s.close()
-        wait_until(lambda: open_fds(server.pid) == fds, timeout=10,
-                   what="descriptors back to %d after %s" % (fds, fault.__name__))
-        assert server.proc.poll() is None, fault.__name__
-        print("%s: served again after %.2fs" % (fault.__name__, time.monotonic() - began))
-    assert rss_kib(server.pid) < rss + 32 * 1024
-    assert server.stop() == 0
+    survive(start("server", "--path", path, "--idle-timeout", "1", "--quiet"), fault)
     assert not os.path.exists(path)
 
 
 @pytest.mark.faults
 def test_stream_logs_the_faults(start, tmp_path):
+    """The server logs what it drops and why: a silent client, extra passed descriptors,
+    a descriptor that is no regular file, a client that never reads."""
     path = sock_path(tmp_path)
     server = start("server", "--path", path, "--idle-timeout", "0.5")
     with unix_connect(path):
         server.expect(r"^client pid=\d+ idle too long \(recvmsg\); dropped$")
-    fault_too_many_descriptors(path)
+    fault_too_many_descriptors(server)
     server.expect(r"too many descriptors; extras closed$")
     server.expect(r"^refused a passed descriptor: not a regular file$")
-    hog = fault_never_reads(path)
+    hog = fault_never_reads(server)
     server.expect(r"idle too long \(write\); dropped$")
     hog[0].close()
 
 
-def dgram_fault_random_bytes(server, tmp_path):
-    with dgram_socket(tmp_path, "rand.sock") as s:
-        data = random.Random(7).randbytes(4000)
-        s.sendto(data, server.sockaddr)
-        assert s.recv(MAX_DATAGRAM) == data
+@pytest.mark.faults
+@pytest.mark.parametrize("fault", DGRAM_FAULTS + [
+    dgram_fault_oversized, dgram_fault_unbound_sender], ids=fault_name)
+def test_dgram_fault_sweep(start, tmp_path, fault):
+    """One misbehaving peer against a datagram server: a fresh peer gets its echo while it
+    misbehaves and after it has gone, the server's descriptors and memory come back, and
+    stopped, it removes its socket."""
+    path = sock_path(tmp_path)
+    survive(start("server", "--path", path, "--dgram", "--quiet"), fault, served=dgram_echoes)
+    assert not os.path.exists(path)
 
 
-def dgram_fault_empty_and_largest(server, tmp_path):
-    with dgram_socket(tmp_path, "sizes.sock") as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * MAX_DATAGRAM)
-        for size in (0, MAX_DATAGRAM):
-            s.sendto(b"z" * size, server.sockaddr)
-            assert s.recv(MAX_DATAGRAM + 1) == b"z" * size
-
-
-def dgram_fault_oversized(server, tmp_path):
-    with dgram_socket(tmp_path, "big.sock") as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * MAX_DATAGRAM)
-        s.sendto(b"o" * (MAX_DATAGRAM + 1000), server.sockaddr)  # dropped, no reply
-        s.sendto(b"after", server.sockaddr)
-        assert s.recv(MAX_DATAGRAM) == b"after"
-
-
-def dgram_fault_many_senders(server, tmp_path):
-    senders = [dgram_socket(tmp_path, "many-%d.sock" % i) for i in range(60)]
-    try:
-        for i, s in enumerate(senders):
-            s.sendto(b"%d" % i, server.sockaddr)
-        for i, s in enumerate(senders):
-            assert s.recv(100) == b"%d" % i
-    finally:
-        for i, s in enumerate(senders):
-            s.close()
-            os.unlink(tmp_path / ("many-%d.sock" % i))
-
-
-def dgram_fault_unbound_sender(server, tmp_path):
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.sendto(b"anonymous", server.sockaddr)
-
-
-def dgram_fault_sender_vanished(server, tmp_path):
-    s = dgram_socket(tmp_path, "vanish.sock")
-    s.sendto(b"reply to nobody", server.sockaddr)
-    s.close()
-    os.unlink(tmp_path / "vanish.sock")
-
-
-def dgram_fault_never_reads(server, tmp_path):
-    """Fills its own receive queue; the server's sendto gets EAGAIN (MSG_DONTWAIT) and
-    goes on serving the others while this client is still there."""
-    hog = dgram_socket(tmp_path, "hog.sock")
-    for _ in range(100):
-        hog.sendto(b"h", server.sockaddr)
-    return [hog]
+def test_dgram_reports_replies_it_cannot_send(start, tmp_path):
+    """Echoes to a sender that vanished, or to one that never reads, fail; the server says
+    so on stderr and goes on."""
+    server = start("server", "--path", sock_path(tmp_path), "--dgram", "--quiet")
+    dgram_fault_vanished_senders(server)
+    for hog in dgram_fault_never_reads(server):
+        dgram_echoes(server)
+        hog.close()
+    wait_until(lambda: "sendto" in server.stderr, what="a report of a failed sendto")
+    dgram_echoes(server)
 
 
 def test_dgram_server_recovers_when_a_non_reader_of_large_replies_leaves(start, tmp_path):
@@ -801,30 +543,5 @@ def test_dgram_server_recovers_when_a_non_reader_of_large_replies_leaves(start, 
     wait_until(lambda: "sendto %s: Resource temporarily unavailable" % (tmp_path / "hog.sock")
                in server.stderr, what="EAGAIN for the non-reader")
     hog.close()
-    assert dgram_served(server, tmp_path)
+    dgram_echoes(server)
     assert server.proc.poll() is None
-
-
-DGRAM_FAULTS = [dgram_fault_random_bytes, dgram_fault_empty_and_largest, dgram_fault_oversized,
-                dgram_fault_many_senders, dgram_fault_unbound_sender,
-                dgram_fault_sender_vanished, dgram_fault_never_reads]
-
-
-@pytest.mark.faults
-def test_dgram_fault_sweep(start, tmp_path):
-    path = sock_path(tmp_path)
-    server = start("server", "--path", path, "--dgram", "--quiet")
-    fds = open_fds(server.pid)
-    assert dgram_served(server, tmp_path)
-    rss = rss_kib(server.pid)
-    for fault in DGRAM_FAULTS:
-        leftovers = fault(server, tmp_path) or []
-        assert dgram_served(server, tmp_path), fault.__name__
-        for s in leftovers:
-            s.close()
-        assert open_fds(server.pid) == fds, fault.__name__
-        assert server.proc.poll() is None, fault.__name__
-    assert rss_kib(server.pid) < rss + 32 * 1024
-    assert server.stop() == 0
-    assert "sendto" in server.stderr  # the vanished sender and the hog were reported
-    assert not os.path.exists(path)
