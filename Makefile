@@ -38,9 +38,18 @@ COMMON_LIB := $(BUILD)/obj/libcommon.a
 UNIT_SRC   := $(wildcard tests/unit/*.cpp)
 UNIT_OBJ   := $(UNIT_SRC:%.cpp=$(BUILD)/obj/%.o)
 UNIT_BIN   := $(BUILD)/tests/unit_tests
+# Programs that are not a lab's (tools/NAME.cpp -> $(BUILD)/tools/NAME): the impairment relay.
+TOOL_SRC   := $(wildcard tools/*.cpp)
+TOOLS      := $(TOOL_SRC:tools/%.cpp=$(BUILD)/tools/%)
 
-# `make test LAB=7` and `make test LAB=07` both mean lab 07.
+# `make test LAB=7` and `make test LAB=07` both mean lab 07; a lab that does not exist is
+# an error, never a silent run of nothing.
 LAB_NUM    := $(if $(filter 1 2 3 4 5 6 7 8 9,$(LAB)),0$(LAB),$(LAB))
+ifneq ($(LAB_NUM),)
+ifeq ($(filter $(LAB_NUM)-%,$(LAB_DIRS)),)
+$(error no lab '$(LAB)': the labs are $(foreach d,$(LAB_DIRS),$(firstword $(subst -, ,$(d)))))
+endif
+endif
 E2E_SELECT := $(if $(LAB_NUM),-m lab$(LAB_NUM))
 PYTEST     := $(PYTHON) -m pytest -p no:cacheprovider
 SAN_ENV    := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
@@ -53,7 +62,7 @@ SAN_ENV    := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
 
 LOADGEN    := $(BUILD)/bench/loadgen
 
-all: $(PROGRAMS) $(UNIT_BIN) $(LOADGEN)
+all: $(PROGRAMS) $(TOOLS) $(UNIT_BIN) $(LOADGEN)
 
 $(BUILD)/obj/%.o: %.cpp
 	@mkdir -p $(@D)
@@ -68,6 +77,10 @@ $(BUILD)/%/server: $(BUILD)/obj/labs/%/server.o $(COMMON_LIB)
 	$(CXX) $(LDFLAGS) $^ -o $@
 
 $(BUILD)/%/client: $(BUILD)/obj/labs/%/client.o $(COMMON_LIB)
+	@mkdir -p $(@D)
+	$(CXX) $(LDFLAGS) $^ -o $@
+
+$(BUILD)/tools/%: $(BUILD)/obj/tools/%.o $(COMMON_LIB)
 	@mkdir -p $(@D)
 	$(CXX) $(LDFLAGS) $^ -o $@
 
@@ -97,7 +110,7 @@ endif
 unit: $(UNIT_BIN)
 	$(SAN_ENV) $(UNIT_BIN) --gtest_brief=1
 
-e2e: $(PROGRAMS)
+e2e: $(PROGRAMS) $(TOOLS)
 	$(SAN_ENV) LABS_BIN=$(or $(LABS_BIN),$(abspath $(BUILD))) $(PYTEST) $(E2E_SELECT) $(PYTEST_ARGS)
 
 # The instructors' tools: the grader and the student kit (slower: they run the suite's
@@ -130,7 +143,7 @@ tour: deps
 	$(PYTHON) scripts/tour --bin $(BUILD)
 
 format:
-	clang-format -i common/*.[ch]pp labs/*/*.[ch]pp tests/unit/*.cpp
+	clang-format -i common/*.[ch]pp labs/*/*.[ch]pp $(wildcard tools/*.[ch]pp) tests/unit/*.cpp
 
 clean:
 	rm -rf build dist
@@ -154,6 +167,7 @@ help:
 	@echo "make clean           remove build/ and dist/"
 
 -include $(COMMON_OBJ:.o=.d) $(UNIT_OBJ:.o=.d) $(wildcard $(BUILD)/obj/labs/*/*.d) \
+         $(wildcard $(BUILD)/obj/tools/*.d) \
          $(BUILD)/obj/tests/load/loadgen.d
 
 # ---------------------------------------------------------------- hardening tools
@@ -182,9 +196,10 @@ build/fuzz/fuzz_%: tests/fuzz/fuzz_%.cpp $(COMMON_SRC) $(wildcard common/*.hpp l
 	clang++ $(FUZZ_FLAGS) $< $(COMMON_SRC) -o $@
 
 # clang-tidy with the checked-in .clang-tidy, and clang-format, over the whole tree.
-LINT_SRC := $(wildcard common/*.cpp labs/*/*.cpp tests/unit/*.cpp tests/fuzz/*.cpp tests/load/*.cpp)
+LINT_SRC := $(wildcard common/*.cpp labs/*/*.cpp tools/*.cpp tests/unit/*.cpp tests/fuzz/*.cpp \
+                      tests/load/*.cpp)
 lint: tools
-	clang-format --dry-run -Werror $(LINT_SRC) $(wildcard common/*.hpp labs/*/*.hpp)
+	clang-format --dry-run -Werror $(LINT_SRC) $(wildcard common/*.hpp labs/*/*.hpp tools/*.hpp)
 	@echo "clang-tidy on $(words $(LINT_SRC)) files, $(NPROC) at a time"
 	@printf '%s\n' $(LINT_SRC) | xargs -n1 -P$(NPROC) sh -c \
 	    'out=$$(clang-tidy --quiet "$$0" -- -std=c++20 -I. 2>&1); status=$$?; \
