@@ -1,7 +1,8 @@
 """Lab 07: a select() echo server that no single client can stall.
 
-The behaviour it shares with lab 08 is tested in event_loop_cases.py; here, what only
-select() brings: descriptors at or above FD_SETSIZE must be refused, never FD_SET.
+What every echo server promises, and what every event-loop server promises on top, is
+tested by the echo contract (echo_contract.py); here, what only select() brings:
+descriptors at or above FD_SETSIZE must be refused, never FD_SET.
 """
 
 import os
@@ -9,18 +10,35 @@ import resource
 
 import pytest
 
-from conftest import open_fds, recv_exactly, tcp_connect, wait_until
-from event_loop_cases import *  # noqa: F401,F403  (the tests 07 and 08 share)
-from event_loop_cases import BUSY, echo_ok, nofile, read_to_end, readable
+from conftest import connect, exchange, open_fds, read_to_end, wait_until
+from echo_contract import EchoLab, echo_contract, nofile, readable
+from faults import BUSY, echoes
+
+LAB = EchoLab(
+    concurrent=200,
+    event_loop=True,
+    logs={"connected": r"^PEER connected \(1 clients\)$", "bytes": r"^from PEER: \d+ bytes$",
+          "left": r"^PEER left$", "reset": r"dropped: Connection reset by peer$",
+          "busy": r"^refused PEER: server busy \(descriptor \d+, CLIENTS clients\)$",
+          "stop": r"^stopping on signal SIGNO with CLIENTS clients$"},
+    help_mentions={"server": [b"--max-buffer"]},
+    bad_arguments=[("server", args) for args in (
+        ["--port", "70000"], ["--port", "nine"], ["--max-clients", "0"], ["--max-clients", "-3"],
+        ["--max-buffer", "0"], ["--max-buffer", "lots"], ["--no-such-flag"],
+        ["--host", "1.2.3.4.5"], ["--max-clients"], ["1", "2"])],
+)
+globals().update(echo_contract(LAB))
 
 
 def test_more_connections_than_fd_setsize_are_refused(start):
+    """With 1300 descriptors allowed, 1100 clients: those whose descriptor would reach
+    FD_SETSIZE (1024) are told "server busy"; the others, the highest too, are served."""
     if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 1300:
         pytest.skip("needs a hard descriptor limit of 1300 to go past FD_SETSIZE")
     server = start("server", "--port", "0", "--quiet", "--max-clients", "5000",
                    preexec=nofile(1300))
     baseline = open_fds(server.pid)
-    socks = [tcp_connect(server.address) for _ in range(1100)]
+    socks = [connect(server.address) for _ in range(1100)]
     try:
         def settled():
             accepted = open_fds(server.pid) - baseline
@@ -32,12 +50,11 @@ def test_more_connections_than_fd_setsize_are_refused(start):
         turned_away = readable(socks)
         assert all(read_to_end(s) == BUSY for s in turned_away[:20])
         held = [s for s in socks if s not in turned_away]
-        held[-1].sendall(b"near the top\n")
-        assert recv_exactly(held[-1], 13) == b"near the top\n"
+        assert exchange(held[-1], b"near the top\n") == b"near the top\n"
         for s in held[:50]:
             s.close()
         wait_until(lambda: open_fds(server.pid) == baseline + accepted - 50, what="50 closed")
-        echo_ok(server)
+        echoes(server)
     finally:
         for s in socks:
             s.close()
