@@ -641,39 +641,3 @@ def pytest_terminal_summary(terminalreporter):
         tr.write_line("lab %s: %d faults tried, %d survived%s" % (
             lab, tried, len(survived),
             "; lost: " + ", ".join(entry["failed"]) if entry["failed"] else ""))
-
-tcp_connect = connect  # TRANSITION
-
-# ------------------------------------------- the fault sweep of a datagram receiver
-
-MAX_IPV4_PAYLOAD = 65507
-
-
-def datagram_receiver_fault_sweep(receiver: Program, send, still_served, seed: int) -> None:
-    """Labs 10 and 11: `send(payload)` delivers one datagram to `receiver`, which prints
-    it; `still_served()` checks the lab's own sender still gets through. After random,
-    empty, maximum-size and NUL datagrams, 200 source ports, an oversized datagram (refused
-    by the sending kernel) and 30 maximum-size ones, the receiver is served, and its
-    descriptors and memory are back near their baseline."""
-    import random
-    baseline_fds = open_fds(receiver.pid)
-    baseline_rss = rss_kib(receiver.pid)
-    rng = random.Random(seed)
-    random_bytes = bytes(rng.randrange(256) for _ in range(512)).replace(b"\n", b".")
-    for payload in (random_bytes, b"", b"x" * MAX_IPV4_PAYLOAD, b"\0" * 100):
-        send(payload)
-        assert receiver.read_line() == payload
-        still_served()
-    for i in range(200):  # many senders, each from its own port: no state per sender
-        send(b"port %d" % i)
-        assert receiver.read_line() == b"port %d" % i
-    with pytest.raises(OSError):  # too big for IPv4: refused by the sending kernel
-        send(b"x" * (MAX_IPV4_PAYLOAD + 1))
-    for _ in range(30):
-        send(b"y" * MAX_IPV4_PAYLOAD)
-        assert len(receiver.read_line()) == MAX_IPV4_PAYLOAD
-    still_served()
-    wait_until(lambda: open_fds(receiver.pid) == baseline_fds, what="fds back to baseline")
-    assert rss_kib(receiver.pid) < baseline_rss + 8 * 1024
-
-

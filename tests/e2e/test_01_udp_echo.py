@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-from conftest import MAX_IPV4_PAYLOAD, needs_ipv6, open_fds, rss_kib, udp_socket, wait_until
+from conftest import needs_ipv6, udp_socket
+from faults import DGRAM_FAULTS, MAX_IPV4_PAYLOAD, dgram_echoes, fault_name, survive
 
 
 def echo_through(server, payload: bytes, family=socket.AF_INET) -> bytes:
@@ -249,45 +250,9 @@ def test_twenty_clients_at_once(start, lab):
 # ------------------------------------------------------------------ the fault sweep
 
 @pytest.mark.faults
-def test_many_source_ports_and_junk_leave_no_trace(start):
-    server = start("server", "--port", "0", "--quiet")
-    echo_through(server, b"warm up")
-    fds, rss = open_fds(server.pid), rss_kib(server.pid)
-    for i in range(300):  # 300 distinct source ports, random sizes and bytes
-        with udp_socket() as s:
-            payload = os.urandom(i * 211 % 9000)
-            s.sendto(payload, server.sockaddr)
-            assert s.recvfrom(70000)[0] == payload
-    assert echo_through(server, b"fresh client") == b"fresh client"
-    assert open_fds(server.pid) == fds
-    assert rss_kib(server.pid) < rss + 2048
-
-
-@pytest.mark.faults
-def test_truncating_receiver_does_not_affect_server(start):
-    server = start("server", "--port", "0", "--quiet")
-    with udp_socket() as s:
-        s.sendto(b"y" * 60000, server.sockaddr)
-        assert len(s.recv(10)) == 10  # the rest of this datagram is discarded by our kernel
-    assert echo_through(server, b"next") == b"next"
-
-
-@pytest.mark.faults
-def test_replies_to_a_vanished_client_do_not_hurt(start):
-    server = start("server", "--port", "0", "--quiet")
-    for _ in range(50):
-        s = udp_socket()
-        s.sendto(b"gone before the reply", server.sockaddr)
-        s.close()  # the reply meets a closed port: ICMP unreachable, ignored by the server
-    assert echo_through(server, b"alive") == b"alive"
-    wait_until(lambda: server.proc.poll() is None, what="server still running")
-
-
-@pytest.mark.faults
-def test_signals_during_recvfrom_are_retried(start):
-    server = start("server", "--port", "0")
-    for _ in range(20):
-        os.kill(server.pid, signal.SIGWINCH)  # ignored by default; must not disturb recvfrom
-    os.kill(server.pid, signal.SIGSTOP)
-    os.kill(server.pid, signal.SIGCONT)  # a stop/continue interrupts the blocking call
-    assert echo_through(server, b"after signals") == b"after signals"
+@pytest.mark.parametrize("fault", DGRAM_FAULTS, ids=fault_name)
+def test_fault_sweep(start, fault):
+    """One misbehaving peer: a fresh client gets its echo while it misbehaves and after
+    it has gone, and the server keeps no descriptor and no memory (2 MiB at most) for
+    any of them."""
+    survive(start("server", "--port", "0", "--quiet"), fault, served=dgram_echoes, memory_mib=2)

@@ -7,12 +7,13 @@ import os
 import re
 import signal
 import socket
-import struct
 import subprocess
 
 import pytest
 
-from conftest import needs_ipv6, open_fds, recv_exactly, rss_kib, tcp_connect, wait_until
+from conftest import connect, needs_ipv6, recv_exactly, roundtrip, wait_until
+from faults import (STREAM_FAULTS, echoes, fault_name, fault_never_reads,
+                    fault_never_reads_reply, fault_over_the_limit, survive)
 
 TIME_WAIT = "06"  # the state column of /proc/net/tcp
 
@@ -37,26 +38,6 @@ def tcp_states(port: int) -> list[tuple[int, int, str]]:
 
 def time_wait_on(port: int, local_port: int) -> bool:
     return any(l == local_port and st == TIME_WAIT for l, _, st in tcp_states(port))
-
-
-def exchange(address, payload: bytes, timeout: float = 10) -> bytes:
-    """What a half-closing peer does: send everything, shut down writing, read to EOF."""
-    with tcp_connect(address, timeout=timeout) as s:
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
-        reply = bytearray()
-        while chunk := s.recv(65536):
-            reply += chunk
-        return bytes(reply)
-
-
-def served(address) -> bool:
-    return exchange(address, b"still here\n") == b"still here\n"
-
-
-def reset(sock: socket.socket) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
 
 
 # ------------------------------------------------------------------ command line
@@ -112,7 +93,7 @@ def test_one_mebibyte_round_trip(start, lab):
                          capture_output=True, timeout=20)
     assert out.returncode == 0, out.stderr
     assert out.stdout == data
-    assert exchange(server.address, data) == data  # and through a Python peer
+    assert roundtrip(server.address, data) == data  # and through a Python peer
 
 
 def test_nc_interop(start):
@@ -132,7 +113,7 @@ def test_over_ipv6(start, run):
 
 def test_reply_comes_only_after_the_half_close(start):
     server = start("server", "--port", "0")
-    with tcp_connect(server.address) as s:
+    with connect(server.address) as s:
         s.sendall(b"part one, ")
         s.sendall(b"part two")
         server.expect(r"connected$")
@@ -147,7 +128,7 @@ def test_reply_comes_only_after_the_half_close(start):
 
 def test_the_client_ends_in_time_wait_after_a_normal_exchange(start):
     server = start("server", "--port", "0")
-    with tcp_connect(server.address) as s:
+    with connect(server.address) as s:
         client_port = s.getsockname()[1]
         s.sendall(b"x")
         s.shutdown(socket.SHUT_WR)
@@ -164,7 +145,7 @@ def stop_with_a_client_connected(start, *flags):
     """Stops a server while a client is connected: the server closes first, so after the
     client closes too, the server's port holds a connection in TIME_WAIT."""
     server = start("server", "--port", "0", *flags)
-    s = tcp_connect(server.address)
+    s = connect(server.address)
     server.expect(r"connected$")
     assert server.stop() == 0
     assert s.recv(10) == b""  # the server's FIN
@@ -179,7 +160,7 @@ def test_restart_during_time_wait_succeeds_with_so_reuseaddr(start):
     port = stop_with_a_client_connected(start)
     again = start("server", "--port", str(port))  # at once, TIME_WAIT still there
     assert again.port == port and time_wait_on(port, port)
-    assert served(again.address)
+    echoes(again)
 
 
 def test_restart_during_time_wait_fails_without_so_reuseaddr(start, run):
@@ -202,7 +183,7 @@ def test_two_reuseport_servers_share_fifty_connections(start):
     first = start("server", "--port", "0", "--reuseport")
     second = start("server", "--port", str(first.port), "--reuseport")
     for i in range(50):
-        assert exchange(first.address, b"%d" % i) == b"%d" % i
+        assert roundtrip(first.address, b"%d" % i) == b"%d" % i
     counts = {}
     for server in (first, second):
         server.stop()
@@ -231,14 +212,14 @@ def test_over_max_bytes_the_server_says_so(start, run):
     assert result.stdout == b"server: more than 1000 bytes; closing\n"
     assert re.search(r"client: (write|got \d+ bytes back from) 127\.0\.0\.1", result.stderr)
     wait_until(lambda: "more than 1000 bytes; closed" in server.stderr, what="the server's report")
-    assert served(server.address)
+    assert roundtrip(server.address, b"still here\n") == b"still here\n"
 
 
 def test_a_silent_peer_is_dropped_after_the_timeout(start):
     server = start("server", "--port", "0", "--timeout", "0.5")
-    with tcp_connect(server.address) as silent:
+    with connect(server.address) as silent:
         silent.sendall(b"half")  # and then nothing, no FIN either
-        assert served(server.address)  # waits in the backlog until the silent one is dropped
+        echoes(server)  # waits in the backlog until the silent one is dropped
         assert silent.recv(10) == b""
     wait_until(lambda: "nothing for 0.5s; dropped" in server.stderr, what="the server's report")
 
@@ -252,54 +233,6 @@ def test_sigterm_exits_zero(start):
 
 # ------------------------------------------------------------------ the fault sweep
 
-def fault_random_bytes(address):
-    data = os.urandom(3000)
-    assert exchange(address, data) == data
-
-
-def fault_connect_and_close(address):
-    tcp_connect(address).close()
-
-
-def fault_megabyte_without_newline(address):
-    data = b"m" * (1 << 20)
-    assert exchange(address, data) == data
-
-
-def fault_stall_half_way(address):
-    with tcp_connect(address) as s:
-        s.sendall(b"half a mess")
-        assert s.recv(10) == b""  # dropped after --timeout
-
-
-def fault_reset_mid_transfer(address):
-    s = tcp_connect(address)
-    s.sendall(os.urandom(300000))
-    reset(s)
-
-
-def fault_never_reads_reply(address):
-    s = tcp_connect(address, timeout=10)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.sendall(b"r" * (6 << 20))  # more than the server's send buffer holds (4 MiB at most)
-    s.shutdown(socket.SHUT_WR)
-    return s  # kept open and never read; the server gives up after --timeout
-
-
-def fault_over_the_limit(address):
-    s = tcp_connect(address, timeout=10)
-    try:
-        s.sendall(b"o" * (10 << 20))
-    except (ConnectionResetError, BrokenPipeError):
-        pass  # the server closed after its limit: the point
-    s.close()
-
-
-FAULTS = [fault_random_bytes, fault_connect_and_close, fault_megabyte_without_newline,
-          fault_stall_half_way, fault_reset_mid_transfer, fault_never_reads_reply,
-          fault_over_the_limit]
-
-
 def small_quarantine_env() -> dict:
     """The environment, with AddressSanitizer told to keep little freed memory (its
     quarantine would otherwise hold up to 256 MiB and hide what the program keeps)."""
@@ -309,25 +242,24 @@ def small_quarantine_env() -> dict:
 
 
 @pytest.mark.faults
-def test_fault_sweep(start):
+@pytest.mark.parametrize("fault", [f for f in STREAM_FAULTS if f is not fault_never_reads] + [
+    fault_never_reads_reply, fault_over_the_limit], ids=fault_name)
+def test_fault_sweep(start, fault):
+    """One misbehaving peer against a server with --timeout 0.5 and --max-bytes 8 MiB: a
+    fresh client is served (once a stalled peer is dropped) while the peer misbehaves and
+    after it has gone, and the server's descriptors and memory come back (the buffer is
+    bounded by --max-bytes; 40 MiB allows for allocator slack)."""
     server = start("server", "--port", "0", "--quiet", "--timeout", "0.5",
                    "--max-bytes", str(8 << 20), env=small_quarantine_env())
-    idle_fds = open_fds(server.pid)
-    assert served(server.address)
-    rss_before = rss_kib(server.pid)
-    kept = []
-    try:
-        for fault in FAULTS:
-            left_open = fault(server.address)
-            if left_open:
-                kept.append(left_open)
-            assert served(server.address), fault.__name__
-            wait_until(lambda: open_fds(server.pid) == idle_fds, timeout=10,
-                       what="descriptors back to %d after %s" % (idle_fds, fault.__name__))
-    finally:
-        for s in kept:
-            s.close()
-    wait_until(lambda: "reply not read for 0.5s; dropped" in server.stderr, what="the report")
-    # The buffer is bounded by --max-bytes (8 MiB here); allow for allocator slack.
-    assert rss_kib(server.pid) < rss_before + 40 * 1024
-    assert server.stop() == 0
+    survive(server, fault, memory_mib=40)
+
+
+def test_a_peer_that_never_reads_the_reply_is_dropped(start):
+    """A client sends a request too big for the buffers, half-closes and never reads the
+    reply: after --timeout the server drops it, says so on stderr, and serves the next."""
+    server = start("server", "--port", "0", "--quiet", "--timeout", "0.5")
+    [hog] = fault_never_reads_reply(server)
+    with hog:
+        wait_until(lambda: "reply not read for 0.5s; dropped" in server.stderr,
+                   what="the report")
+        echoes(server)

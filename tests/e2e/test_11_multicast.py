@@ -15,7 +15,8 @@ import sys
 
 import pytest
 
-from conftest import needs_root, datagram_receiver_fault_sweep, wait_until
+from conftest import needs_root, wait_until
+from faults import RECEIVER_FAULTS, fault_name, survive
 
 FAST = ("--interval", "50")  # milliseconds between datagrams, so that tests stay quick
 IP_RECVTTL = getattr(socket, "IP_RECVTTL", 12)
@@ -218,15 +219,19 @@ def test_signal_stops_a_sleeping_sender_at_once(start, signo):
 
 
 @pytest.mark.faults
-def test_receiver_survives_the_fault_sweep(start, run):
+@pytest.mark.parametrize("fault", RECEIVER_FAULTS, ids=fault_name)
+def test_fault_sweep(start, run, fault):
+    """One odd datagram after another, from Python: the receiver prints each as it is,
+    still prints what the lab's sender sends, and keeps no descriptor and no memory
+    (8 MiB at most) for any of them."""
     receiver = start("client", "--port", "0")
 
-    def still_served():
+    def still_served(receiver):
         send(run, receiver.port, count=1)
         assert receiver.read_line() == b"multicast 1"
 
-    datagram_receiver_fault_sweep(receiver, lambda payload: python_sender(payload, receiver.port),
-                                  still_served, seed=11)
+    survive(receiver, fault, lambda payload: python_sender(payload, receiver.port),
+            served=still_served, memory_mib=8)
 
 
 # ------------------------------------------------- several hosts (needs root)
