@@ -56,7 +56,7 @@ SAN_ENV    := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
               UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=86 \
               TSAN_OPTIONS=halt_on_error=1:exitcode=86:second_deadlock_stack=1
 
-.PHONY: all test unit e2e sanitize tsan tour deps clean help format lint fuzz valgrind bench student-kit test-grader tools
+.PHONY: all test unit e2e sanitize tsan tour deps clean help format lint fuzz valgrind bench student-kit test-grader gradescope tools
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -134,9 +134,14 @@ bench: deps
 	@scripts/install-deps --bench
 	$(PYTHON) scripts/bench --build $(BUILD) $(if $(filter 1,$(QUICK)),--quick)
 
-# The suite with the students' parts taken out, as dist/student-kit and a tarball.
+# The suite with the students' parts taken out, as dist/student-kit and a tarball
+# (LABS=01,03: a kit of those labs only). --baseline grades the untouched kit once.
 student-kit:
-	$(PYTHON) scripts/student-kit --out dist/student-kit --tar
+	$(PYTHON) scripts/student-kit --out dist/student-kit --tar --baseline $(if $(LABS),--labs $(LABS))
+
+# The Gradescope autograder bundle: dist/gradescope-autograder.zip (LABS=01,03 likewise).
+gradescope:
+	$(PYTHON) scripts/gradescope/make-bundle --out dist/gradescope-autograder.zip $(if $(LABS),--labs $(LABS))
 
 tour: deps
 	$(BUILD_ALL)
@@ -153,7 +158,7 @@ help:
 	@echo "make test            install what is missing, build, run unit then end-to-end tests"
 	@echo "make test LAB=07     one lab's end-to-end tests"
 	@echo "make unit            GoogleTest for common/"
-	@echo "make test-grader     tests of scripts/grade and of the student kit"
+	@echo "make test-grader     tests of the grader, its sandbox, grade-class and the student kit"
 	@echo "make e2e             pytest end-to-end tests (LABS_BIN=DIR to test another build)"
 	@echo "make sanitize        everything again under ASan + UBSan, in build/sanitize"
 	@echo "make tsan            the threaded labs under ThreadSanitizer, in build/tsan"
@@ -163,7 +168,8 @@ help:
 	@echo "make fuzz            libFuzzer on common/ and lab 02's relay (FUZZ_SECONDS=20 each)"
 	@echo "make valgrind        every lab's tour scenario under memcheck"
 	@echo "make WERROR=1        treat warnings as errors (CI does)"
-	@echo "make student-kit     dist/student-kit(.tar.gz): the labs with TODOs for students"
+	@echo "make student-kit     dist/student-kit(.tar.gz): the labs with TODOs (LABS=01,03: those only)"
+	@echo "make gradescope      dist/gradescope-autograder.zip: the Gradescope autograder bundle"
 	@echo "make clean           remove build/ and dist/"
 
 -include $(COMMON_OBJ:.o=.d) $(UNIT_OBJ:.o=.d) $(wildcard $(BUILD)/obj/labs/*/*.d) \

@@ -161,6 +161,7 @@ class Grader:
                     _copy(self.instructor / f, self.test_tree / f)
             if any(f == p or f.startswith(p + "/") for p in BUILD_PARTS):
                 _copy(self.instructor / f, self.kit_base / f)
+        kit_tree = (self.instructor / "tests" / "kit.json").is_file()
         for lab in self.all_labs:
             (self.test_tree / "labs" / lab).mkdir(parents=True, exist_ok=True)
             (self.kit_base / "labs" / lab).mkdir(parents=True, exist_ok=True)
@@ -168,14 +169,15 @@ class Grader:
                 continue
             sources = [f for f in files if SOURCE.match(f) and f.split("/")[1] == lab]
             texts = {f: (self.instructor / f).read_text() for f in sources}
-            if any(kitlib.uses_old_markers(t) for t in texts.values()) or not any(
-                    kitlib.TASK.match(line) for t in texts.values() for line in t.split("\n")):
+            has_tasks = any(kitlib.TASK.match(line) for t in texts.values() for line in t.split("\n"))
+            if any(kitlib.uses_old_markers(t) for t in texts.values()) or not (has_tasks or kit_tree):
                 self.kit_notes.append("lab %s has no TASK regions: its sources are not given, "
                                       "a submission must bring them all" % lab[:2])
                 continue
             for f, text in texts.items():
                 out = self.kit_base / f
-                out.write_text(kitlib.strip_regions(text, f).text)
+                # A kit's own tree (tests/kit.json) is the kit already: taken as it is.
+                out.write_text(kitlib.strip_regions(text, f).text if has_tasks else text)
                 os.chmod(out, 0o644)
         _readable_tree(self.workdir)
 

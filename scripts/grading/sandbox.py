@@ -80,7 +80,7 @@ def drop_caps_argv() -> list[str]:
 
 @dataclass
 class Limits:
-    memory_mb: int = 2048       # the whole sandbox (cgroup); address space per process
+    memory_mb: int = 2048       # the whole sandbox (cgroup)
     pids: int = 1024            # processes and threads
     cpus: float = 1.0           # CPU share (cgroup quota)
     cpu_seconds: int = 600      # per process (RLIMIT_CPU)
@@ -382,7 +382,7 @@ class Sandbox:
         argv = (["/bin/sh", "-c",
                  'while [ "$1" != -- ]; do echo $$ >"$1" || exit 125; shift; done; shift; '
                  'exec "$@"', "sh", *self.cgroup.procs_files, "--",
-                 "/usr/bin/prlimit", "--as=%d" % (lim.memory_mb << 20),
+                 "/usr/bin/prlimit", "--as=%s" % self._address_space(),
                  "--nproc=%d" % lim.pids, "--cpu=%d" % lim.cpu_seconds,
                  "--fsize=%d" % (lim.file_mb << 20), "--core=0", "--nofile=4096", "--",
                  "/usr/bin/setpriv", "--reuid=%d" % self.slot.uid, "--regid=%d" % self.slot.uid,
@@ -429,6 +429,15 @@ class Sandbox:
             returncode = 128 - returncode
         return Result(returncode, bytes(output), bytes(report_data),
                       round(time.monotonic() - began, 2), timed_out, leftovers)
+
+    def _address_space(self) -> str:
+        """RLIMIT_AS, a stand-in for the cgroup's memory limit where there is none. Loose:
+        address space is not memory (a thread reserves its stack, glibc an arena), so a
+        tight one would stop threaded programs that use little."""
+        if any("memory" in str(d) for d in self.cgroup.dirs) or \
+                any((d / "memory.max").exists() for d in self.cgroup.dirs):
+            return "unlimited"
+        return str(max(self.limits.memory_mb << 22, 8 << 30))
 
     @staticmethod
     def _child_pid(info_r: int, proc, deadline: float) -> int:

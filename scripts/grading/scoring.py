@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python before 3.11 (Ubuntu 22.04): the tomli package
+    import tomli as tomllib
 from fractions import Fraction
 
 
