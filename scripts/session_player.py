@@ -93,15 +93,16 @@ class Session:
 
 def section(text: str, title: str) -> tuple[str, int]:
     """The body of a '## title' section and the line number it starts at."""
-    m = re.search(r"^## %s\s*$(.*?)(?=^## |\Z)" % re.escape(title), text, re.M | re.S)
+    m = re.search(r"^## %s[^\n]*$(.*?)(?=^## |\Z)" % re.escape(title), text, re.M | re.S)
     if not m:
         return "", 0
     return m.group(1), text[:m.start(1)].count("\n") + 1
 
 
-def parse(handout: Path) -> Session:
+def parse(handout: Path, title: str = "Run it by hand") -> Session:
+    """The session in the handout's section `title` (any `## ` heading that starts so)."""
     text = handout.read_text()
-    body, first_line = section(text, "Run it by hand")
+    body, first_line = section(text, title)
     lines = body.split("\n")
     blocks, prose = [], []
     needs_root = "<!-- session: needs root -->" in body
@@ -336,11 +337,11 @@ class Player:
     def say(self, text=""):
         (self.out or print)(text)
 
-    def play(self, handout: Path) -> None:
-        session = parse(handout)
+    def play(self, handout: Path, title: str = "Run it by hand") -> None:
+        session = parse(handout, title)
         if not session.blocks:
-            raise SessionError("%s: 'Run it by hand' has no ```console terminal=N``` blocks"
-                               % handout)
+            raise SessionError("%s: '%s' has no ```console terminal=N``` blocks"
+                               % (handout, title))
         if session.needs_root and os.geteuid() != 0:
             raise SessionSkipped("this session needs root (network namespaces of its own)")
         work = Path(tempfile.mkdtemp(prefix="session-"))
