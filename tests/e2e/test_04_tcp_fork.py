@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from conftest import (children_of, connect, group_alive, open_fds, process_state, recv_exactly,
-                      wait_until)
+from conftest import (children_of, connect, exchange, group_alive, open_fds, process_state,
+                      recv_exactly, wait_until)
 from echo_contract import EchoLab, echo_contract
 from faults import STREAM_FAULTS, fault_name, more_clients_than_the_limit, survive
 
@@ -33,20 +33,18 @@ LAB = EchoLab(
 globals().update(echo_contract(LAB))
 
 
-def echo_once(s: socket.socket, data: bytes) -> bytes:
-    s.sendall(data)
-    return recv_exactly(s, len(data))
-
-
 def live_children(pid: int) -> list[int]:
+    """The server's children that are still running (not zombies)."""
     return [c for c in children_of(pid) if process_state(c) not in (None, "Z")]
 
 
 def zombies(pid: int) -> list[int]:
+    """The server's children that have exited and not been reaped."""
     return [c for c in children_of(pid) if process_state(c) == "Z"]
 
 
 def socket_fds(pid: int) -> int:
+    """How many of the process's descriptors are sockets."""
     count = 0
     for fd in os.listdir("/proc/%d/fd" % pid):
         try:
@@ -60,6 +58,8 @@ def socket_fds(pid: int) -> int:
 # ----------------------------------------------------------------- the normal path
 
 def test_positional_arguments_and_binary_bytes(start, run):
+    """server [PORT] and client [HOST [PORT]], as in the source notes, with bytes that are no
+    text."""
     server = start("server", "0")
     data = b"\x00\xff\n\x80zero\x00\n"
     result = run("client", server.host, str(server.port), input=data)
@@ -83,10 +83,12 @@ def expect_all(server, patterns, timeout: float = 10.0) -> dict:
 
 
 def test_logs_connect_child_exit(start):
+    """The parent logs each client with the child that serves it, the child logs the bytes and
+    the leave, and the parent logs the child's exit status."""
     server = start("server", "--port", "0")
     with connect(server.address) as s:
         me = re.escape("%s:%d" % s.getsockname())
-        assert echo_once(s, b"12345") == b"12345"
+        assert exchange(s, b"12345") == b"12345"
     connected = r"^client %s connected: child (\d+)$" % me
     found = expect_all(server, [connected, r"^from %s: 5 bytes$" % me,
                                 r"^client %s left after 5 bytes$" % me])
@@ -97,13 +99,15 @@ def test_logs_connect_child_exit(start):
 # ----------------------------------------------------------------- processes
 
 def test_twenty_clients_at_once(start):
+    """Twenty clients connected at once are served by twenty live children, all reaped once the
+    clients leave."""
     server = start("server", "--port", "0", "--quiet")
     clients = [connect(server.address) for _ in range(20)]
     try:
         # All twenty are served while all twenty stay connected: twenty children.
         for i, s in enumerate(clients):
             line = b"client %d\n" % i
-            assert echo_once(s, line) == line
+            assert exchange(s, line) == line
         wait_until(lambda: len(live_children(server.pid)) == 20, what="20 live children")
     finally:
         for s in clients:
@@ -112,9 +116,11 @@ def test_twenty_clients_at_once(start):
 
 
 def test_parent_and_child_each_close_the_descriptor_they_do_not_need(start):
+    """After fork() the parent keeps only the listening socket and the child only its
+    connection."""
     server = start("server", "--port", "0", "--quiet")
     with connect(server.address) as s:
-        assert echo_once(s, b"x") == b"x"
+        assert exchange(s, b"x") == b"x"
         [child] = wait_until(lambda: live_children(server.pid), what="a child")
         # the parent: only the listening socket (it closes its copy of conn after fork)
         wait_until(lambda: socket_fds(server.pid) == 1, what="one socket in the parent")
@@ -122,22 +128,26 @@ def test_parent_and_child_each_close_the_descriptor_they_do_not_need(start):
 
 
 def test_hundred_connections_leave_no_zombies_and_no_descriptors(start):
+    """A hundred clients one after another: every child is reaped (no zombie) and the parent's
+    descriptors come back to their count."""
     server = start("server", "--port", "0", "--quiet")
     fds = open_fds(server.pid)
     for i in range(100):
         with connect(server.address) as s:
             line = b"%d\n" % i
-            assert echo_once(s, line) == line
+            assert exchange(s, line) == line
     wait_until(lambda: children_of(server.pid) == [], timeout=10,
                what="every child reaped (left: zombies %s)" % zombies(server.pid))
     wait_until(lambda: open_fds(server.pid) == fds, what="descriptors back to %d" % fds)
 
 
 def test_max_children_makes_the_next_client_wait(start):
+    """With --max-children 2 the server says it stops accepting; a third client waits in the
+    listen queue, unserved, until one of the two leaves."""
     server = start("server", "--port", "0", "--max-children", "2")
     first, second = connect(server.address), connect(server.address)
-    assert echo_once(first, b"1\n") == b"1\n"
-    assert echo_once(second, b"2\n") == b"2\n"
+    assert exchange(first, b"1\n") == b"1\n"
+    assert exchange(second, b"2\n") == b"2\n"
     server.expect(r"^2 children: not accepting until one exits$")
 
     third = connect(server.address)  # queued in the backlog, not accepted
@@ -155,6 +165,7 @@ def test_max_children_makes_the_next_client_wait(start):
 
 
 def test_idle_client_is_dropped(start):
+    """--idle-timeout 0.5: the child drops a silent client, says so, and exits with status 1."""
     server = start("server", "--port", "0", "--idle-timeout", "0.5")
     with connect(server.address, timeout=10) as silent:
         assert silent.recv(10) == b""
@@ -165,10 +176,12 @@ def test_idle_client_is_dropped(start):
 # ----------------------------------------------------------------- stopping
 
 def test_sigterm_ends_parent_and_every_child(start):
+    """SIGTERM ends the parent and every child (none left in the process group), closes every
+    connection, exits 0, and logs each child's end."""
     server = start("server", "--port", "0")
     clients = [connect(server.address) for _ in range(3)]
     for s in clients:
-        assert echo_once(s, b"hi\n") == b"hi\n"
+        assert exchange(s, b"hi\n") == b"hi\n"
     kids = wait_until(lambda: len(live_children(server.pid)) == 3 and live_children(server.pid),
                       what="3 children")
     assert server.stop(signal.SIGTERM) == 0
@@ -188,7 +201,7 @@ def test_sigterm_right_after_a_client_leaves(start):
     for _ in range(5):
         server = start("server", "--port", "0", "--quiet")
         with connect(server.address) as s:
-            assert echo_once(s, b"x") == b"x"
+            assert exchange(s, b"x") == b"x"
         assert server.stop(signal.SIGTERM) == 0
 
 

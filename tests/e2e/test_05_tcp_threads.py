@@ -54,6 +54,8 @@ def idle_baseline(server) -> tuple[int, int]:
 
 
 def test_fifty_clients_at_once_each_on_its_own_thread(start):
+    """Fifty clients connected at once are served by fifty worker threads, one descriptor each;
+    when they leave, the threads end and the descriptors are closed."""
     server = start("server", "--port", "0", "--quiet")
     idle_threads, idle_fds = idle_baseline(server)
     clients = [connect(server.address) for _ in range(50)]
@@ -77,6 +79,7 @@ def test_fifty_clients_at_once_each_on_its_own_thread(start):
 
 
 def test_twenty_client_programs_at_once(start, lab):
+    """Twenty of the lab's clients run at once, each gets exactly its own lines back."""
     server = start("server", "--port", "0", "--quiet")
     procs = []
     for i in range(20):
@@ -99,6 +102,8 @@ def test_twenty_client_programs_at_once(start, lab):
 # ------------------------------------------------------------------ the limit
 
 def test_busy_reply_at_the_limit(start):
+    """With --max-clients 2 a third client is told "server busy" and closed; the two are
+    undisturbed, and once one leaves a new client is served."""
     server = start("server", "--port", "0", "--max-clients", "2")
     first, second = connect(server.address), connect(server.address)
     try:
@@ -120,6 +125,8 @@ def test_busy_reply_at_the_limit(start):
 
 
 def test_busy_reply_reaches_the_lab_client(start, run):
+    """The lab's client refused by a full server prints at most the busy line, says why on
+    stderr and exits 1."""
     server = start("server", "--port", "0", "--max-clients", "1")
     with connect(server.address) as holder:
         holder.sendall(b"a\n")
@@ -134,6 +141,7 @@ def test_busy_reply_reaches_the_lab_client(start, run):
 
 
 def test_a_stalled_client_does_not_block_the_others(start):
+    """A client that sent half a line and stalls holds its own thread only: others are served."""
     server = start("server", "--port", "0")
     with connect(server.address) as stalled:
         stalled.sendall(b"half a mess")  # and then nothing
@@ -142,6 +150,8 @@ def test_a_stalled_client_does_not_block_the_others(start):
 
 
 def test_sigterm_wakes_threads_blocked_in_read(start):
+    """SIGTERM with three clients whose threads wait in read(): the server says it closes three
+    connections, each client sees the end of stream, and the server exits 0."""
     server = start("server", "--port", "0")
     clients = [connect(server.address) for _ in range(3)]
     try:

@@ -47,12 +47,12 @@ LAB = EchoLab(
         ("client", ["--abstract", "x", "--path", "y"]),
     ],
 )
-globals().update(echo_contract(LAB))
+CONTRACT = echo_contract(LAB)
 # The client writes a whole line before it reads the echo: past the two socket buffers
 # (about 400 KB) both sides wait on each other.
-test_one_mebibyte_line_through_the_client = pytest.mark.xfail(
-    reason="lab 12's client deadlocks on a line longer than the socket buffers")(
-    test_one_mebibyte_line_through_the_client)  # noqa: F821 (from the contract)
+pytest.mark.xfail(reason="lab 12's client deadlocks on a line longer than the socket buffers")(
+    CONTRACT["test_one_mebibyte_line_through_the_client"])
+globals().update(CONTRACT)
 
 
 def sock_path(tmp_path, name="s.sock"):
@@ -94,6 +94,8 @@ def run_with_fd(prog, args, fd, timeout=20.0):
 # ----------------------------------------------------------------- stream: the normal path
 
 def test_default_path_is_lab12_sock_in_the_working_directory(start, run, tmp_path):
+    """Without --path both programs use ./lab12.sock; the server creates it as a socket and
+    removes it when stopped."""
     server = start("server")
     assert server.address.proto == "unix" and server.address.text == "./lab12.sock"
     assert stat.S_ISSOCK(os.lstat(tmp_path / "lab12.sock").st_mode)
@@ -104,6 +106,7 @@ def test_default_path_is_lab12_sock_in_the_working_directory(start, run, tmp_pat
 
 
 def test_quiet_server_logs_nothing(start, run, tmp_path):
+    """--quiet: the ready line, then nothing."""
     path = sock_path(tmp_path)
     server = start("server", "--path", path, "--quiet")
     assert run("client", "--path", path, input=b"x\n").stdout == b"x\n"
@@ -114,6 +117,7 @@ def test_quiet_server_logs_nothing(start, run, tmp_path):
 # ----------------------------------------------------------------- SO_PEERCRED
 
 def test_peercred_logs_the_clients_pid_uid_gid(start, tmp_path):
+    """SO_PEERCRED: the server logs the lab client's own pid, uid and gid, and its leave."""
     path = sock_path(tmp_path)
     server = start("server", "--path", path)
     client = start("client", "--path", path, ready=False)
@@ -127,6 +131,7 @@ def test_peercred_logs_the_clients_pid_uid_gid(start, tmp_path):
 
 
 def test_peercred_of_a_python_peer(start, tmp_path):
+    """SO_PEERCRED names any peer, a Python socket too: the test's own pid, uid and gid."""
     path = sock_path(tmp_path)
     server = start("server", "--path", path)
     with unix_connect(path) as s:
@@ -138,6 +143,8 @@ def test_peercred_of_a_python_peer(start, tmp_path):
 # ----------------------------------------------------------------- datagram mode
 
 def test_dgram_two_clients_each_get_their_own_replies(start, tmp_path):
+    """--dgram: each client binds a socket of its own in a private 0700 directory, so that each
+    gets its own replies; both remove socket and directory at the end."""
     path = sock_path(tmp_path)
     server = start("server", "--path", path, "--dgram")
     assert server.address.proto == "unix-dgram" and server.address.text == path
@@ -166,6 +173,7 @@ def test_dgram_two_clients_each_get_their_own_replies(start, tmp_path):
 
 
 def test_dgram_empty_line_is_an_empty_datagram(start, run, tmp_path):
+    """--dgram: an empty line is an empty datagram, echoed as one; a NUL passes."""
     path = sock_path(tmp_path)
     server = start("server", "--path", path, "--dgram")
     result = run("client", "--path", path, "--dgram", input=b"a\n\nb\x00c\n")
@@ -175,6 +183,7 @@ def test_dgram_empty_line_is_an_empty_datagram(start, run, tmp_path):
 
 
 def test_dgram_client_removes_its_socket_on_sigterm(start, tmp_path):
+    """A datagram client stopped by SIGTERM removes its socket and its directory."""
     path = sock_path(tmp_path)
     start("server", "--path", path, "--dgram")
     private = tmp_path / "tmpdir"
@@ -189,6 +198,8 @@ def test_dgram_client_removes_its_socket_on_sigterm(start, tmp_path):
 
 
 def test_dgram_python_peer_and_an_unbound_sender(start, tmp_path):
+    """The datagram server replies to any bound peer and logs a sender without an address as
+    unnamed, which it cannot answer."""
     path = sock_path(tmp_path)
     server = start("server", "--path", path, "--dgram")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unbound:
@@ -202,6 +213,8 @@ def test_dgram_python_peer_and_an_unbound_sender(start, tmp_path):
 
 
 def test_dgram_client_gives_up_when_no_reply(start, run, tmp_path):
+    """A datagram over the server's limit is dropped, not echoed; the client gives up after
+    --timeout and exits 1."""
     path = sock_path(tmp_path)
     server = start("server", "--path", path, "--dgram")
     big = b"x" * (MAX_DATAGRAM + 1) + b"\n"  # over the server's limit: dropped, not echoed
@@ -214,6 +227,8 @@ def test_dgram_client_gives_up_when_no_reply(start, run, tmp_path):
 # ----------------------------------------------------------------- abstract names
 
 def test_abstract_stream(start, run, tmp_path):
+    """--abstract NAME: a stream socket with no file anywhere, reached by the lab's client and
+    by Python."""
     name = abstract_name()
     server = start("server", "--abstract", name)
     assert server.address.text == "@" + name
@@ -227,6 +242,7 @@ def test_abstract_stream(start, run, tmp_path):
 
 
 def test_abstract_dgram(start, run, tmp_path):
+    """--abstract NAME --dgram: the datagram echo works on an abstract name."""
     name = abstract_name()
     server = start("server", "--abstract", name, "--dgram")
     assert server.address.proto == "unix-dgram" and server.address.text == "@" + name
@@ -240,6 +256,7 @@ def test_abstract_dgram(start, run, tmp_path):
 
 
 def test_abstract_name_is_not_a_path(start, run, tmp_path):
+    """An abstract name given as --path is a file that does not exist."""
     name = abstract_name()
     start("server", "--abstract", name)
     result = run("client", "--path", name, input=b"x\n")  # a file of that name: none
@@ -270,6 +287,8 @@ def test_send_fd_of_a_file_the_server_cannot_open_by_name(start, tmp_path):
 
 
 def test_send_fd_of_a_file_in_an_unreadable_directory(start, run, tmp_path):
+    """--send-fd: the server reads a file through the passed descriptor, though it cannot reach
+    it by name."""
     path = sock_path(tmp_path)
     start("server", "--path", path)
     vault = tmp_path / "vault"
@@ -290,6 +309,7 @@ def test_send_fd_of_a_file_in_an_unreadable_directory(start, run, tmp_path):
 
 
 def test_send_fd_of_an_ordinary_file_and_an_empty_one(start, run, tmp_path):
+    """--send-fd of an ordinary file prints its content; of an empty file, nothing."""
     path = sock_path(tmp_path)
     start("server", "--path", path)
     (tmp_path / "f.txt").write_bytes(b"plain\n")
@@ -301,12 +321,15 @@ def test_send_fd_of_an_ordinary_file_and_an_empty_one(start, run, tmp_path):
 
 
 def test_send_fd_missing_file_exits_1(run, tmp_path):
+    """--send-fd of a missing file: one error line and status 1."""
     result = run("client", "--path", sock_path(tmp_path), "--send-fd", "no-such-file")
     assert result.returncode == 1
     assert "client: open no-such-file: No such file or directory" in result.stderr
 
 
 def test_send_fd_larger_than_the_limit_is_reported(start, run, tmp_path):
+    """A passed file larger than the server's limit: it sends the first MiB, the client says how
+    much is missing and exits 1."""
     path = sock_path(tmp_path)
     server = start("server", "--path", path)
     (tmp_path / "big").write_bytes((b"b" * 1023 + b"\n") * 1024 + b"0123456789")
@@ -320,6 +343,7 @@ def test_send_fd_larger_than_the_limit_is_reported(start, run, tmp_path):
 # ----------------------------------------------------------------- the socket file
 
 def test_socket_file_is_created_0600_whatever_the_umask(start, tmp_path):
+    """The socket file is created 0600, even under umask 0."""
     path = sock_path(tmp_path)
     start("server", "--path", path, preexec=lambda: os.umask(0))
     mode = os.lstat(path).st_mode
@@ -376,6 +400,7 @@ def test_path_removed_on_signal(start, tmp_path, signo):
 
 
 def test_stale_socket_is_removed_and_reused(start, run, tmp_path):
+    """A socket file left by a crashed server is removed, said so, and bound again."""
     path = sock_path(tmp_path)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as crashed:
         crashed.bind(path)  # closing does not remove the file: a crashed server's leftover
@@ -386,6 +411,8 @@ def test_stale_socket_is_removed_and_reused(start, run, tmp_path):
 
 
 def test_live_servers_path_is_not_stolen(start, run, tmp_path):
+    """A second server, stream or datagram, on a live server's path exits 1 with 'Address
+    already in use' and leaves the file alone."""
     path = sock_path(tmp_path)
     first = start("server", "--path", path)
     inode = os.lstat(path).st_ino
@@ -400,6 +427,7 @@ def test_live_servers_path_is_not_stolen(start, run, tmp_path):
 
 
 def test_live_abstract_name_is_not_stolen(start, run):
+    """A second server on a live abstract name exits 1 with 'Address already in use'."""
     name = abstract_name()
     start("server", "--abstract", name)
     second = run("server", "--abstract", name)
@@ -409,6 +437,8 @@ def test_live_abstract_name_is_not_stolen(start, run):
 
 @pytest.mark.parametrize("kind", ["regular file", "directory", "symlink"])
 def test_something_else_at_the_path_is_left_alone(run, tmp_path, kind):
+    """A regular file, a directory or a symlink at the path is no stale socket: the server exits
+    1 and touches nothing."""
     path = tmp_path / "s.sock"
     if kind == "regular file":
         path.write_bytes(b"precious\n")
@@ -435,6 +465,8 @@ def test_something_else_at_the_path_is_left_alone(run, tmp_path, kind):
 
 
 def test_longest_path_fits_and_one_byte_more_is_refused(start, run, tmp_path):
+    """A path of 107 bytes works; one of 108 is refused with status 2 by both programs, never
+    truncated and bound."""
     prefix = str(tmp_path) + "/"
     longest = prefix + "a" * (MAX_NAME - len(prefix))
     assert len(longest) == MAX_NAME
@@ -453,6 +485,7 @@ def test_longest_path_fits_and_one_byte_more_is_refused(start, run, tmp_path):
 
 
 def test_abstract_name_too_long_is_refused(run):
+    """An abstract name of 108 bytes is refused with status 2."""
     result = run("server", "--abstract", "n" * (MAX_NAME + 1))
     assert result.returncode == 2
     assert "abstract name is 108 bytes; sun_path holds at most 107" in result.stderr
@@ -461,6 +494,8 @@ def test_abstract_name_too_long_is_refused(run):
 # ----------------------------------------------------------------- errors and arguments
 
 def test_client_without_a_server(run, tmp_path):
+    """The client with no socket file exits 1 with 'No such file or directory'; the datagram
+    client with a dead one, with 'Connection refused', removing its own directory."""
     path = sock_path(tmp_path)
     result = run("client", "--path", path, input=b"x\n")
     assert result.returncode == 1
