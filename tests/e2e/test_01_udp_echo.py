@@ -24,6 +24,7 @@ def echo_through(server, payload: bytes, family=socket.AF_INET) -> bytes:
 # ----------------------------------------------------------------- the normal path
 
 def test_client_echoes_each_line(start, run):
+    """The lab's client sends each line as a datagram and prints each reply, nothing else."""
     server = start("server", "--port", "0")
     result = run("client", "--host", server.host, "--port", str(server.port),
                  input=b"hello\nworld\n")
@@ -33,12 +34,14 @@ def test_client_echoes_each_line(start, run):
 
 
 def test_positional_host_and_port(start, run):
+    """server [PORT] and client [HOST [PORT]], as in the source notes."""
     server = start("server", "0")  # server [PORT]
     result = run("client", server.host, str(server.port), input=b"positional\n")
     assert result.stdout == b"positional\n"
 
 
 def test_server_logs_each_datagram_with_its_sender(start):
+    """One log line per datagram: its sender's address and its size."""
     server = start("server", "--port", "0")
     with udp_socket() as s:
         s.sendto(b"12345", server.sockaddr)
@@ -48,6 +51,7 @@ def test_server_logs_each_datagram_with_its_sender(start):
 
 
 def test_quiet_server_logs_nothing(start):
+    """--quiet: the ready line, then nothing."""
     server = start("server", "--port", "0", "--quiet")
     assert echo_through(server, b"x") == b"x"
     assert server.stop() == 0
@@ -55,6 +59,8 @@ def test_quiet_server_logs_nothing(start):
 
 
 def test_empty_line_is_an_empty_datagram(start, run):
+    """An empty line is an empty datagram, echoed as one; a last line without newline is a line
+    too."""
     server = start("server", "--port", "0")
     result = run("client", "-p", str(server.port), input=b"a\n\nb")
     assert result.returncode == 0, result.stderr
@@ -63,6 +69,7 @@ def test_empty_line_is_an_empty_datagram(start, run):
 
 
 def test_connect_mode_echoes_too(start, run):
+    """client --connect (connect(), send(), recv() on UDP) echoes the same."""
     server = start("server", "--port", "0")
     result = run("client", "--connect", "-p", str(server.port), input=b"one\ntwo\n")
     assert result.returncode == 0, result.stderr
@@ -71,6 +78,7 @@ def test_connect_mode_echoes_too(start, run):
 
 @needs_ipv6
 def test_ipv6(start, run):
+    """The server listens on ::1 when asked; the lab's client and a Python peer reach it there."""
     server = start("server", "--host", "::1", "--port", "0")
     assert server.address.text == "[::1]:%d" % server.port
     result = run("client", "--host", "::1", "--port", str(server.port), input=b"over six\n")
@@ -88,11 +96,14 @@ def test_ipv6(start, run):
     os.urandom(MAX_IPV4_PAYLOAD),     # the largest IPv4 UDP payload
 ], ids=["empty", "nul", "nuls-inside", "1KiB", "65507"])
 def test_python_peer_gets_exact_bytes_back(start, payload):
+    """Any datagram comes back byte for byte: empty, NULs, every byte value, the largest IPv4
+    payload."""
     server = start("server", "--port", "0")
     assert echo_through(server, payload) == payload
 
 
 def test_oversized_datagram_is_refused_by_the_kernel_not_the_server(start):
+    """A datagram larger than IPv4 carries is refused by the sending kernel; the server goes on."""
     server = start("server", "--port", "0")
     with udp_socket() as s:
         with pytest.raises(OSError):  # EMSGSIZE: more than an IPv4 datagram holds
@@ -103,6 +114,7 @@ def test_oversized_datagram_is_refused_by_the_kernel_not_the_server(start):
 # -------------------------------------------------------------------- real peers
 
 def test_netcat_as_client(start):
+    """nc -u gets its line back, newline included."""
     server = start("server", "--port", "0")
     # OpenBSD nc: -u UDP, -w 1 gives up one second after stdin ends and nothing arrives.
     nc = subprocess.run(["nc", "-u", "-w", "1", server.host, str(server.port)],
@@ -111,6 +123,7 @@ def test_netcat_as_client(start):
 
 
 def test_socat_as_client(start):
+    """socat gets its datagram back."""
     server = start("server", "--port", "0")
     out = subprocess.run(["socat", "-T", "2", "-", "UDP:%s:%d" % (server.host, server.port)],
                          input=b"via socat", capture_output=True, timeout=10)
@@ -118,6 +131,7 @@ def test_socat_as_client(start):
 
 
 def test_client_against_a_python_echo_peer(run):
+    """The client prints what comes back, not what it sent: a peer that reverses each datagram."""
     with udp_socket() as peer:
         port = peer.getsockname()[1]
 
@@ -155,6 +169,7 @@ def test_client_ignores_datagrams_from_strangers(run):
 # ----------------------------------------------------------------- faults, errors
 
 def test_client_without_server_times_out(run):
+    """With no reply the client gives up after --timeout, says so and exits 1."""
     with udp_socket() as silent:  # bound, so the port is ours; it never replies
         port = silent.getsockname()[1]
         result = run("client", "--port", str(port), "--timeout", "1", input=b"anyone?\n")
@@ -165,6 +180,7 @@ def test_client_without_server_times_out(run):
 
 
 def test_client_default_timeout_is_two_seconds(run):
+    """The client's default timeout is two seconds."""
     with udp_socket() as silent:
         port = silent.getsockname()[1]
         result = run("client", "--port", str(port), input=b"anyone?\n")
@@ -180,6 +196,8 @@ def closed_port() -> int:
 
 
 def test_connect_mode_reports_refused_at_once(run):
+    """client --connect learns of the ICMP 'port unreachable' and exits 1 at once, not after its
+    timeout."""
     result = run("client", "--connect", "--port", str(closed_port()), "--timeout", "5",
                  input=b"knock\n")
     assert result.returncode == 1
@@ -188,6 +206,7 @@ def test_connect_mode_reports_refused_at_once(run):
 
 
 def test_busy_port_exits_1(start, run):
+    """A second server on a busy port exits 1 with 'Address already in use'."""
     server = start("server", "--port", "0")
     second = run("server", "--port", str(server.port))
     assert second.returncode == 1
@@ -202,6 +221,7 @@ def test_busy_port_exits_1(start, run):
     ["1", "2", "3"],
 ], ids=lambda a: " ".join(a) if isinstance(a, list) else a)
 def test_bad_arguments_exit_2_with_usage(run, prog, argv):
+    """A bad argument: one line saying what is wrong, then the usage, on stderr; exit status 2."""
     if prog == "server" and argv == ["--host", "no-such-host.invalid"]:
         argv = ["--host", "no-such-host.invalid", "--port", "0"]
     result = run(prog, *argv)
@@ -213,6 +233,7 @@ def test_bad_arguments_exit_2_with_usage(run, prog, argv):
 
 
 def test_client_bad_timeout(run):
+    """A --timeout that is no number exits 2 and names the option."""
     result = run("client", "--timeout", "soon")
     assert result.returncode == 2
     assert "--timeout" in result.stderr
@@ -220,6 +241,7 @@ def test_client_bad_timeout(run):
 
 @pytest.mark.parametrize("prog", ["server", "client"])
 def test_help(run, prog):
+    """--help prints the usage to stdout and exits 0."""
     result = run(prog, "--help")
     assert result.returncode == 0
     assert result.stdout.startswith(b"usage: " + prog.encode())
@@ -228,12 +250,15 @@ def test_help(run, prog):
 
 @pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_server_with_status_0(start, signo):
+    """SIGTERM or SIGINT stops the server with status 0."""
     server = start("server", "--port", "0")
     assert echo_through(server, b"x") == b"x"
     assert server.stop(signo) == 0
 
 
 def test_twenty_clients_at_once(start, lab):
+    """Twenty of the lab's clients at once, 100 lines each: each gets exactly its own lines
+    back."""
     server = start("server", "--port", "0", "--quiet")
     clients = []
     for c in range(20):

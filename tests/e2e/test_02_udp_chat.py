@@ -54,6 +54,8 @@ def start_client(start, server, *extra):
 # ------------------------------------------------------------------------- normal path
 
 def test_three_clients_each_see_the_others_not_their_own(start):
+    """Three clients: each line reaches the two others, never its sender; the server logs how
+    many it relayed to."""
     server = start_server(start)
     a = start_client(start, server)
     assert a.read_line() == b"* welcome %s, 1 online" % a.address.text.encode()
@@ -80,6 +82,8 @@ def test_three_clients_each_see_the_others_not_their_own(start):
 
 
 def test_nick_who_and_quit_notices(start):
+    """/nick (taken, bad and good names), /who, unknown commands, and the notices the others
+    see; end of input sends /quit."""
     server = start_server(start)
     a = start_client(start, server)
     b = start_client(start, server)
@@ -111,6 +115,7 @@ def test_nick_who_and_quit_notices(start):
 
 
 def test_server_logs_events_and_quiet_silences_them(start):
+    """The server logs joins and leaves; --quiet silences them."""
     server = start_server(start)
     [a] = peers(server, 1)
     server.expect(r"^join 127\.0\.0\.1:\d+, 1 online$")
@@ -127,6 +132,7 @@ def test_server_logs_events_and_quiet_silences_them(start):
 
 
 def test_positional_port_and_host(start):
+    """server [PORT] and client [HOST [PORT]], as in the source notes."""
     server = start("server", "0")
     client = start("client", server.host, str(server.port))
     assert client.read_line().startswith(b"* welcome ")
@@ -134,6 +140,7 @@ def test_positional_port_and_host(start):
 
 @needs_ipv6
 def test_ipv6(start):
+    """The relay works over ::1, between the lab's client and a Python peer."""
     server = start("server", "--host", "::1", "--port", "0")
     assert server.address.text.startswith("[::1]:")
     a = start_client(start, server)
@@ -157,6 +164,8 @@ def peers_after(server, client_program, family):
 # ------------------------------------------------------------------- real peers, keys
 
 def test_same_port_on_two_loopback_addresses_is_two_clients(start):
+    """Clients are told apart by address and port: the same port on 127.0.0.1 and 127.0.0.2 is
+    two clients."""
     server = start_server(start)
     one = udp_socket()
     port = one.getsockname()[1]
@@ -185,6 +194,7 @@ def test_same_port_on_two_loopback_addresses_is_two_clients(start):
 
 
 def test_nc_and_a_python_socket_take_part(lab, start):
+    """nc -u joins, talks and quits like any client."""
     if shutil.which("nc") is None:
         pytest.skip("nc is not installed")
     server = start_server(start)
@@ -205,6 +215,7 @@ def test_nc_and_a_python_socket_take_part(lab, start):
 
 
 def test_binary_bytes_are_relayed_as_they_are(start):
+    """Bytes that are no text, NULs included, are relayed as they are."""
     server = start_server(start)
     a, b = peers(server, 2)
     payload = bytes(range(256)).replace(b"\n", b"") + b"\0\0\xff"
@@ -214,6 +225,7 @@ def test_binary_bytes_are_relayed_as_they_are(start):
 
 
 def test_empty_datagram_reaches_nobody(start):
+    """An empty datagram (or a bare newline) is relayed to nobody and registers nobody."""
     server = start_server(start)
     a, b = peers(server, 2)
     a.sendto(b"", server.sockaddr)
@@ -228,6 +240,7 @@ def test_empty_datagram_reaches_nobody(start):
 
 
 def test_newline_inside_a_message_is_refused(start):
+    """A newline inside a message is refused; one at its end is fine."""
     server = start_server(start)
     a, b = peers(server, 2)
     a.sendto(b"line one\nline two", server.sockaddr)
@@ -240,6 +253,8 @@ def test_newline_inside_a_message_is_refused(start):
 
 
 def test_oversized_datagram_is_refused_and_the_limit_itself_relayed(start):
+    """--max-message 100: a message of 101 bytes, or 65507, is refused with a notice; one of 100
+    is relayed."""
     server = start_server(start, "--max-message", "100")
     a, b = peers(server, 2)
     a.sendto(b"x" * 101, server.sockaddr)
@@ -255,6 +270,7 @@ def test_oversized_datagram_is_refused_and_the_limit_itself_relayed(start):
 # ---------------------------------------------------------------------------- limits
 
 def test_max_clients_refuses_one_more(start):
+    """--max-clients 2: a third is told the server is full and not registered, until one leaves."""
     server = start_server(start, "--max-clients", "2")
     a, b = peers(server, 2)
     extra = udp_socket()
@@ -272,6 +288,7 @@ def test_max_clients_refuses_one_more(start):
 
 
 def test_full_server_makes_the_client_exit_1(start, run):
+    """The lab's client told the server is full says so and exits 1."""
     server = start_server(start, "--max-clients", "1")
     [a] = peers(server, 1)
     result = run("client", "--host", server.host, "--port", str(server.port))
@@ -282,6 +299,8 @@ def test_full_server_makes_the_client_exit_1(start, run):
 
 
 def test_rate_limit_drops_the_excess_with_one_notice(start):
+    """--rate 5: a burst of 40 is cut to about five a second, with one notice a second to the
+    sender and none to the others."""
     server = start_server(start, "--rate", "5")
     a, b, c = peers(server, 3)
     began = time.monotonic()
@@ -312,6 +331,8 @@ def test_rate_limit_drops_the_excess_with_one_notice(start):
 
 
 def test_idle_clients_are_forgotten(start):
+    """--idle-timeout: a silent member is forgotten and the others told; the lab's client keeps
+    itself alive; the forgotten one may come back."""
     server = start_server(start, "--idle-timeout", "0.5")
     # The lab client sends a keepalive when it has been quiet for 0.1 s; the raw socket
     # says nothing after joining, so only it is forgotten.
@@ -330,6 +351,7 @@ def test_idle_clients_are_forgotten(start):
 # ------------------------------------------------------------------- client specifics
 
 def test_client_with_a_silent_server_times_out(run):
+    """A server that never welcomes: the client gives up after --timeout and exits 1."""
     silent = udp_socket()  # the port is taken, but nothing ever answers
     port = silent.getsockname()[1]
     result = run("client", "--port", str(port), "--timeout", "0.5")
@@ -342,6 +364,8 @@ def test_client_with_a_silent_server_times_out(run):
 
 
 def test_client_with_no_server_reports_refused(run):
+    """No server: the ICMP error ends the client's wait at once, with 'Connection refused' and
+    status 1."""
     probe = udp_socket()
     port = probe.getsockname()[1]
     probe.close()  # nothing listens there now: the kernel answers with ICMP
@@ -354,6 +378,8 @@ def test_client_with_no_server_reports_refused(run):
 
 
 def test_client_at_end_of_input_sends_quit(start, run):
+    """The client relays each line of its input, a last one without newline too, then sends
+    /quit and exits 0."""
     server = start_server(start)
     [watcher] = peers(server, 1)
     result = run("client", "--host", server.host, "--port", str(server.port),
@@ -369,6 +395,7 @@ def test_client_at_end_of_input_sends_quit(start, run):
 
 
 def test_client_reads_stdin_and_socket_at_once(start):
+    """The client prints a message at once, while it waits for input."""
     server = start_server(start)
     client = start_client(start, server)
     [raw] = peers_after(server, client, socket.AF_INET)
@@ -399,6 +426,7 @@ def test_client_reads_stdin_and_socket_at_once(start):
     ("client", ["a", "1", "extra"]),
 ])
 def test_bad_arguments_exit_2_with_usage(run, prog, args):
+    """A bad argument: the usage on stderr and exit status 2."""
     result = run(prog, *args)
     assert result.returncode == 2
     assert "usage" in result.stderr
@@ -407,12 +435,14 @@ def test_bad_arguments_exit_2_with_usage(run, prog, args):
 
 @pytest.mark.parametrize("prog", ["server", "client"])
 def test_help(run, prog):
+    """--help prints the usage to stdout and exits 0."""
     result = run(prog, "--help")
     assert result.returncode == 0
     assert result.stdout.startswith(b"usage: %s" % prog.encode())
 
 
 def test_sigterm_stops_server_and_client_cleanly(start):
+    """SIGTERM stops the client, which says goodbye first, and the server, both with status 0."""
     server = start_server(start)
     [watcher] = peers(server, 1)
     client = start_client(start, server)

@@ -43,6 +43,7 @@ def time_wait_on(port: int, local_port: int) -> bool:
 # ------------------------------------------------------------------ command line
 
 def test_help_and_bad_arguments(run):
+    """--help shows the lab's options; a bad argument exits 2 with the usage."""
     help_text = run("server", "--help").stdout
     for flag in (b"--max-bytes", b"--timeout", b"--no-reuseaddr", b"--reuseport"):
         assert flag in help_text
@@ -57,6 +58,7 @@ def test_help_and_bad_arguments(run):
 
 
 def test_no_server_is_connection_refused(run):
+    """The client with nobody listening exits 1 with 'Connection refused'."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -68,6 +70,8 @@ def test_no_server_is_connection_refused(run):
 # ------------------------------------------------------------------ half-close
 
 def test_round_trip_with_own_client(start, run):
+    """The client sends all its input, half-closes, and prints the reply; the server logs the
+    connection, what it sent back and the end."""
     server = start("server", "--port", "0")
     data = b"line one\nline two\n\x00\xff no newline at the end"
     result = run("client", server.host, str(server.port), input=data)
@@ -79,6 +83,7 @@ def test_round_trip_with_own_client(start, run):
 
 
 def test_empty_input_gives_empty_reply(start, lab):
+    """No input: an empty reply, and the client exits 0."""
     server = start("server", "--port", "0")
     out = subprocess.run([lab.path("client"), "--port", str(server.port)], input=b"",
                          capture_output=True, timeout=10)
@@ -87,6 +92,8 @@ def test_empty_input_gives_empty_reply(start, lab):
 
 
 def test_one_mebibyte_round_trip(start, lab):
+    """A mebibyte of random bytes makes the round trip, through the lab's client and through
+    Python."""
     server = start("server", "--port", "0")
     data = os.urandom(1 << 20)
     out = subprocess.run([lab.path("client"), "--port", str(server.port)], input=data,
@@ -97,6 +104,7 @@ def test_one_mebibyte_round_trip(start, lab):
 
 
 def test_nc_interop(start):
+    """nc -N (which half-closes like the lab's client) gets its reply."""
     server = start("server", "--port", "0")
     # nc -N: shutdown(SHUT_WR) at the end of its input, exactly like our client.
     out = subprocess.run(["nc", "-N", server.host, str(server.port)], input=b"from nc\n",
@@ -106,12 +114,15 @@ def test_nc_interop(start):
 
 @needs_ipv6
 def test_over_ipv6(start, run):
+    """The server listens on ::1 when asked; the client reaches it there."""
     server = start("server", "--host", "::1", "--port", "0")
     result = run("client", "--host", "::1", "--port", str(server.port), input=b"v6\n")
     assert result.returncode == 0 and result.stdout == b"v6\n"
 
 
 def test_reply_comes_only_after_the_half_close(start):
+    """The server answers only once the client has half-closed; then it sends the reply and its
+    own end of stream."""
     server = start("server", "--port", "0")
     with connect(server.address) as s:
         s.sendall(b"part one, ")
@@ -127,6 +138,7 @@ def test_reply_comes_only_after_the_half_close(start):
 
 
 def test_the_client_ends_in_time_wait_after_a_normal_exchange(start):
+    """The side that closes first ends in TIME_WAIT: after a normal exchange, the client's port."""
     server = start("server", "--port", "0")
     with connect(server.address) as s:
         client_port = s.getsockname()[1]
@@ -157,6 +169,7 @@ def stop_with_a_client_connected(start, *flags):
 
 
 def test_restart_during_time_wait_succeeds_with_so_reuseaddr(start):
+    """With SO_REUSEADDR a server restarts on its port at once, TIME_WAIT notwithstanding."""
     port = stop_with_a_client_connected(start)
     again = start("server", "--port", str(port))  # at once, TIME_WAIT still there
     assert again.port == port and time_wait_on(port, port)
@@ -164,6 +177,8 @@ def test_restart_during_time_wait_succeeds_with_so_reuseaddr(start):
 
 
 def test_restart_during_time_wait_fails_without_so_reuseaddr(start, run):
+    """Without SO_REUSEADDR (--no-reuseaddr) a restart during TIME_WAIT exits 1 with 'Address
+    already in use'."""
     port = stop_with_a_client_connected(start, "--no-reuseaddr")
     result = run("server", "--no-reuseaddr", "--port", str(port))
     assert result.returncode == 1
@@ -172,6 +187,7 @@ def test_restart_during_time_wait_fails_without_so_reuseaddr(start, run):
 
 
 def test_so_reuseaddr_does_not_allow_two_listeners(start, run):
+    """SO_REUSEADDR does not let a second server listen on a live server's port."""
     server = start("server", "--port", "0")
     result = run("server", "--port", str(server.port))
     assert result.returncode == 1 and "Address already in use" in result.stderr
@@ -180,6 +196,7 @@ def test_so_reuseaddr_does_not_allow_two_listeners(start, run):
 # ------------------------------------------------------------------ SO_REUSEPORT
 
 def test_two_reuseport_servers_share_fifty_connections(start):
+    """Two servers with --reuseport on one port: the kernel spreads fifty connections over both."""
     first = start("server", "--port", "0", "--reuseport")
     second = start("server", "--port", str(first.port), "--reuseport")
     for i in range(50):
@@ -196,6 +213,7 @@ def test_two_reuseport_servers_share_fifty_connections(start):
 
 
 def test_reuseport_needs_the_option_on_both(start, run):
+    """SO_REUSEPORT works only if both servers set it."""
     first = start("server", "--port", "0", "--reuseport")
     result = run("server", "--port", str(first.port))
     assert result.returncode == 1 and "Address already in use" in result.stderr
@@ -204,6 +222,8 @@ def test_reuseport_needs_the_option_on_both(start, run):
 # ------------------------------------------------------------------ limits and faults
 
 def test_over_max_bytes_the_server_says_so(start, run):
+    """--max-bytes 1000: a request of exactly the limit is answered; a larger one is refused
+    with a line to the client and a report on stderr."""
     server = start("server", "--port", "0", "--max-bytes", "1000")
     exact = b"a" * 999 + b"\n"  # exactly the limit is fine
     assert run("client", "--port", str(server.port), input=exact).stdout == exact
@@ -216,6 +236,7 @@ def test_over_max_bytes_the_server_says_so(start, run):
 
 
 def test_a_silent_peer_is_dropped_after_the_timeout(start):
+    """--timeout 0.5: a client that stalls half way is dropped, and the next served."""
     server = start("server", "--port", "0", "--timeout", "0.5")
     with connect(server.address) as silent:
         silent.sendall(b"half")  # and then nothing, no FIN either
@@ -225,6 +246,7 @@ def test_a_silent_peer_is_dropped_after_the_timeout(start):
 
 
 def test_sigterm_exits_zero(start):
+    """SIGTERM or SIGINT stops the server with status 0."""
     server = start("server", "--port", "0")
     assert server.stop(signal.SIGTERM) == 0
     server = start("server", "--port", "0")

@@ -52,6 +52,8 @@ def python_sender(payload: bytes, port: int, to="127.255.255.255"):
 # ----------------------------------------------------------------- the normal path
 
 def test_two_receivers_on_one_port_each_get_every_broadcast(start, run):
+    """Two receivers share a port (SO_REUSEADDR) and each gets every broadcast; the sender logs
+    each datagram."""
     first = start("client", "--host", "0.0.0.0", "--port", "0")
     assert first.address.text == "0.0.0.0:%d" % first.port
     second = start("client", "--port", str(first.port))  # SO_REUSEADDR: the same port
@@ -64,6 +66,7 @@ def test_two_receivers_on_one_port_each_get_every_broadcast(start, run):
 
 
 def test_receiver_count_exits_zero_after_n_datagrams(start, run):
+    """client --count 2 prints two broadcasts and exits 0."""
     receiver = start("client", "--port", "0", "--count", "2")
     send(run, receiver.port)
     assert receiver.wait(5) == 0
@@ -72,6 +75,7 @@ def test_receiver_count_exits_zero_after_n_datagrams(start, run):
 
 
 def test_positional_forms(start, run):
+    """server [PORT] and client [HOST [PORT]], as in the source notes."""
     receiver = start("client", "0.0.0.0", "0", "--count", "1")  # client [HOST [PORT]]
     result = run("server", str(receiver.port), "--count", "1")  # server [PORT]
     assert result.returncode == 0, result.stderr
@@ -80,6 +84,7 @@ def test_positional_forms(start, run):
 
 
 def test_receiver_bound_to_127_0_0_1_does_not_see_broadcasts(start, run):
+    """A receiver bound to 127.0.0.1 gets no broadcast to 127.255.255.255."""
     wildcard = start("client", "--port", "0")
     loopback_only = start("client", "--host", "127.0.0.1", "--port", str(wildcard.port))
     send(run, wildcard.port)
@@ -88,12 +93,14 @@ def test_receiver_bound_to_127_0_0_1_does_not_see_broadcasts(start, run):
 
 
 def test_sender_without_receivers_still_succeeds(run):
+    """Broadcast needs no receiver: the sender sends and succeeds."""
     # Broadcast has no receivers to wait for, nor anyone to refuse it.
     result = send(run, quiet_port(), count=2)
     assert len(result.lines) == 2
 
 
 def test_quiet_sender_prints_nothing(start, run):
+    """--quiet: the sender prints nothing."""
     receiver = start("client", "--port", "0", "--count", "2")
     result = send(run, receiver.port, "--quiet", count=2)
     assert result.stdout == b""
@@ -101,6 +108,7 @@ def test_quiet_sender_prints_nothing(start, run):
 
 
 def test_unicast_destination_reaches_one_receiver_only(start, run):
+    """--to 127.0.0.1 (unicast) reaches one of the receivers sharing the port, not each."""
     first = start("client", "--port", "0")
     second = start("client", "--port", str(first.port))
     send(run, first.port, "--to", "127.0.0.1", count=1)
@@ -115,6 +123,7 @@ def test_unicast_destination_reaches_one_receiver_only(start, run):
 # ---------------------------------------------------- interop with other programs
 
 def test_python_and_socat_senders_reach_the_receiver(start):
+    """Python and socat broadcasts reach the lab's receiver."""
     receiver = start("client", "--port", "0")
     python_sender(b"from python", receiver.port)
     assert receiver.read_line() == b"from python"
@@ -125,6 +134,7 @@ def test_python_and_socat_senders_reach_the_receiver(start):
 
 
 def test_python_receiver_gets_the_lab_sender(run):
+    """A Python receiver gets the lab sender's broadcasts."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("0.0.0.0", 0))
@@ -134,6 +144,7 @@ def test_python_receiver_gets_the_lab_sender(run):
 
 
 def test_payload_is_binary_safe(start):
+    """Bytes that are no text, and an empty datagram, are printed as they are."""
     receiver = start("client", "--port", "0")
     python_sender(b"a\x00b\xff", receiver.port)
     assert receiver.read_line() == b"a\x00b\xff"
@@ -144,6 +155,8 @@ def test_payload_is_binary_safe(start):
 # ------------------------------------------------------------- faults and errors
 
 def test_without_so_broadcast_sendto_is_refused(start, run):
+    """Without SO_BROADCAST (--no-broadcast-flag) sendto() is refused: 'Permission denied',
+    status 1."""
     receiver = start("client", "--port", "0")
     result = run("server", "--port", str(receiver.port), "--count", "1", "--no-broadcast-flag")
     assert result.returncode == 1
@@ -165,6 +178,7 @@ def test_without_so_broadcast_sendto_is_refused(start, run):
     ("client", ["--to", "127.255.255.255"]),  # a sender's option
 ])
 def test_bad_arguments_exit_2_with_usage(run, prog, args):
+    """A bad argument: one line saying what is wrong, then the usage, on stderr; exit status 2."""
     result = run(prog, *args)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(prog + ": ")
@@ -174,18 +188,21 @@ def test_bad_arguments_exit_2_with_usage(run, prog, args):
 
 @pytest.mark.parametrize("prog", ["server", "client"])
 def test_help_exits_0(run, prog):
+    """--help prints the usage to stdout and exits 0."""
     result = run(prog, "--help")
     assert result.returncode == 0
     assert result.stdout.startswith(b"usage: " + prog.encode())
 
 
 def test_sigterm_stops_the_receiver_with_status_0(start):
+    """SIGTERM stops a waiting receiver with status 0."""
     receiver = start("client", "--port", "0")
     assert receiver.stop(signal.SIGTERM, timeout=3) == 0
 
 
 @pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_a_sleeping_sender_at_once(start, signo):
+    """SIGTERM or SIGINT stops a sender between two datagrams at once, with status 0."""
     # --count 0 sends forever; an hour between datagrams shows the signal ends the wait.
     sender = start("server", "--port", str(quiet_port()), "--interval", "3600000", ready=False)
     sender.expect(r"^sent 'broadcast 1'")
@@ -220,6 +237,8 @@ def link_names() -> set[str]:
 @pytest.mark.netns
 @pytest.mark.parametrize("to", ["10.99.1.255", "255.255.255.255"])
 def test_broadcast_reaches_its_subnet_and_stops_at_the_router(lab, netlab, to):
+    """On test hosts: a broadcast reaches every host of its subnet, the sender's own too, and
+    none beyond the router."""
     here = [netlab.start(lab, host, "client", "--port", "9910") for host in ("a1", "a2", "a3")]
     there = [netlab.start(lab, host, "client", "--port", "9910") for host in ("b1", "b2")]
     sender = netlab.start(lab, "a1", "server", "--to", to, "--count", "3", *FAST, ready=False)
@@ -232,6 +251,7 @@ def test_broadcast_reaches_its_subnet_and_stops_at_the_router(lab, netlab, to):
 @needs_root
 @pytest.mark.netns
 def test_netlab_refuses_non_root_and_cleans_up_after_itself():
+    """scripts/netlab needs root, refuses to come up twice, and leaves nothing behind."""
     prefix = "lab-c%d-" % os.getpid()
     net = Netlab(prefix)
     denied = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",

@@ -68,6 +68,8 @@ def igmp_users(group: str, device: str = "lo") -> int:
 # ----------------------------------------------------------------- the normal path
 
 def test_joined_receivers_get_every_multicast_and_another_group_none(start, run):
+    """Receivers that joined the group get every datagram; one that joined another group gets
+    none; the sender logs each."""
     first = start("client", "--port", "0")
     assert first.address.text == "239.0.0.10:%d" % first.port  # bound to the group itself
     second = start("client", "--group", "239.0.0.10", "--port", str(first.port))
@@ -81,6 +83,8 @@ def test_joined_receivers_get_every_multicast_and_another_group_none(start, run)
 
 
 def test_receiver_leaves_the_group_when_done(start, run):
+    """A receiver leaves its group when done (/proc/net/igmp shows it); the others still
+    receive."""
     group = own_group(1)
     leaving = start("client", "--group", group, "--port", "0", "--count", "1")
     staying = start("client", "--group", group, "--port", str(leaving.port))
@@ -97,6 +101,7 @@ def test_receiver_leaves_the_group_when_done(start, run):
 
 
 def test_receiver_takes_only_its_group_not_unicast_to_its_port(start, run):
+    """A receiver bound to its group ignores unicast to its port."""
     receiver = start("client", "--port", "0")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.sendto(b"unicast", ("127.0.0.1", receiver.port))
@@ -106,6 +111,7 @@ def test_receiver_takes_only_its_group_not_unicast_to_its_port(start, run):
 
 
 def test_count_exits_zero_and_interface_by_name(start, run):
+    """client --count 2 exits 0 after two; an interface may be given by name."""
     receiver = start("client", "--port", "0", "--interface", "lo", "--count", "2")
     send(run, receiver.port, "--interface", "lo")
     assert receiver.wait(5) == 0
@@ -113,6 +119,7 @@ def test_count_exits_zero_and_interface_by_name(start, run):
 
 
 def test_positional_forms(start, run):
+    """server [PORT] and client [HOST [PORT]], as in the source notes."""
     receiver = start("client", "239.0.0.10", "0", "--count", "1")  # client [HOST [PORT]]
     result = run("server", str(receiver.port), "--count", "1")  # server [PORT]
     assert result.returncode == 0, result.stderr
@@ -120,6 +127,7 @@ def test_positional_forms(start, run):
 
 
 def test_quiet_sender_prints_nothing(start, run):
+    """--quiet: the sender prints nothing."""
     receiver = start("client", "--port", "0", "--count", "1")
     assert send(run, receiver.port, "--quiet", count=1).stdout == b""
     assert receiver.wait(5) == 0
@@ -129,6 +137,8 @@ def test_quiet_sender_prints_nothing(start, run):
 
 @pytest.mark.parametrize("ttl", [None, 7])
 def test_python_member_sees_the_senders_ttl(run, ttl):
+    """A Python member gets the datagram from 127.0.0.1 with the TTL the sender set (1 by
+    default)."""
     group = own_group(2)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -148,6 +158,7 @@ def test_python_member_sees_the_senders_ttl(run, ttl):
 
 
 def test_socat_and_python_senders_reach_the_receiver(start):
+    """socat and Python senders reach the lab's receiver, binary and empty datagrams too."""
     receiver = start("client", "--port", "0")
     subprocess.run(["socat", "-u", "STDIN",
                     "UDP4-DATAGRAM:239.0.0.10:%d,ip-multicast-if=127.0.0.1" % receiver.port],
@@ -162,6 +173,8 @@ def test_socat_and_python_senders_reach_the_receiver(start):
 # ------------------------------------------------------------- faults and errors
 
 def test_group_as_interface_fails_like_the_source_notes(run):
+    """A group given as the interface fails, as in the source notes: IP_MULTICAST_IF wants a
+    local address."""
     # The notes pass the group to IP_MULTICAST_IF, which wants a local address.
     result = run("server", "--interface", "239.0.0.10", "--count", "1")
     assert result.returncode == 1
@@ -186,6 +199,7 @@ def test_group_as_interface_fails_like_the_source_notes(run):
     ("server", ["--port", "70000"]),
 ])
 def test_bad_arguments_exit_2_with_usage(run, prog, args):
+    """A bad argument: one line saying what is wrong, then the usage, on stderr; exit status 2."""
     result = run(prog, *args)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(prog + ": ")
@@ -195,12 +209,14 @@ def test_bad_arguments_exit_2_with_usage(run, prog, args):
 
 @pytest.mark.parametrize("prog", ["server", "client"])
 def test_help_exits_0(run, prog):
+    """--help prints the usage to stdout and exits 0."""
     result = run(prog, "--help")
     assert result.returncode == 0
     assert result.stdout.startswith(b"usage: " + prog.encode())
 
 
 def test_sigterm_stops_the_receiver_and_it_leaves(start):
+    """SIGTERM stops a receiver with status 0, and it leaves its group."""
     group = own_group(3)
     receiver = start("client", "--group", group, "--port", "0")
     wait_until(lambda: igmp_users(group) == 1, what="the join")
@@ -211,6 +227,7 @@ def test_sigterm_stops_the_receiver_and_it_leaves(start):
 
 @pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_a_sleeping_sender_at_once(start, signo):
+    """SIGTERM or SIGINT stops a sender between two datagrams at once, with status 0."""
     sender = start("server", "--group", own_group(4), "--port", "9", "--interval", "3600000",
                    ready=False)
     sender.expect(r"^sent 'multicast 1'")
@@ -240,6 +257,8 @@ def test_fault_sweep(start, run, fault):
 @pytest.mark.netns
 @pytest.mark.parametrize("loop", ["--loop", "--no-loop"])
 def test_multicast_reaches_members_on_the_subnet_only(lab, netlab, loop):
+    """On test hosts: members on the subnet get the datagrams, the sender's host only with
+    --loop, others none."""
     def receiver(host, group="239.0.0.10"):
         return netlab.start(lab, host, "client", "--group", group, "--interface", "eth0")
 
@@ -263,6 +282,8 @@ def test_multicast_reaches_members_on_the_subnet_only(lab, netlab, loop):
 @pytest.mark.netns
 @pytest.mark.parametrize("group", ["ff02::10", "ff05::10"])
 def test_ipv6_multicast_across_hosts(lab, netlab, group):
+    """On test hosts: an IPv6 group, link-local or site-local, reaches its members and no one
+    else."""
     def receiver(host, joined=group):
         return netlab.start(lab, host, "client", "--group", joined, "--interface", "eth0")
 
