@@ -1,129 +1,134 @@
 // 01-udp-echo client: sends each line of standard input as one datagram and prints the
-// reply. It waits for each reply at most --timeout seconds, because UDP promises nothing:
-// a lost datagram, or no server at all, would otherwise leave it waiting forever.
+// reply, waiting for it at most --timeout seconds. UDP promises nothing: without a time
+// limit, one lost datagram (or no server at all) would leave it waiting for ever.
 //
-// --connect uses connect() + send() + recv() instead of sendto() + recvfrom(). A
-// connected UDP socket only talks to one peer, and it is told about ICMP errors: sending
-// to a port where nothing listens then fails at once with "Connection refused".
-#include <poll.h>
+// --connect shows the other way to use a UDP socket: connect(), then send() and recv().
+// A connected UDP socket talks to one peer only, and hears of ICMP errors: a datagram to
+// a port where nothing listens makes the next recv() fail with "Connection refused".
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
-#include <cstdio>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/args.hpp"
-#include "common/endpoint.hpp"
 #include "common/error.hpp"
 #include "common/fd.hpp"
 #include "common/io.hpp"
 #include "common/signals.hpp"
+#include "labs/01-udp-echo/address.hpp"
 
 namespace {
 
 constexpr std::uint16_t kDefaultPort = 9901;
 constexpr std::size_t kBufferSize = 65536;  // larger than any UDP payload
+constexpr double kDefaultTimeout = 2;       // seconds
 
 constexpr const char* kUsage =
     R"(usage: client [--host ADDR] [--port N] [--timeout SECONDS] [--connect]
        client [HOST [PORT]]
 UDP echo client: sends each line of stdin as one datagram, prints each reply.
-  -H, --host ADDR      server address (default 127.0.0.1)
-  -p, --port N         server port (default 9901)
+  -H, --host ADDR        server's IPv4 or IPv6 address (default 127.0.0.1)
+  -p, --port N           server's port (default 9901)
       --timeout SECONDS  how long to wait for each reply (default 2)
-      --connect        connect() the socket and use send()/recv()
-      --help           this text
+      --connect          connect() the socket, then send() and recv()
+      --help             this text
 )";
 
-using Clock = std::chrono::steady_clock;
+// What every exchange needs: the socket, where the server is, and how long to wait.
+struct Exchange {
+    int sock;
+    lab::Endpoint server;
+    std::string server_text;
+    bool connected;
+    double timeout;
+    std::vector<char> reply;
+};
 
-// Waits until the socket is readable or the deadline passes. poll() is the portable way
-// to put a time limit on a blocking recv.
-bool wait_readable(int fd, Clock::time_point deadline) {
-    for (;;) {
-        const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
-        if (left.count() <= 0) return false;
-        pollfd p{fd, POLLIN, 0};
-        const int ready = poll(&p, 1, static_cast<int>(left.count()));
-        if (ready > 0) return true;
-        if (ready == -1 && errno != EINTR) return false;
-        if (lab::stop_requested()) return false;
-    }
-}
-
-std::string seconds_text(double seconds) {
-    char text[32];
-    std::snprintf(text, sizeof text, "%gs", seconds);
-    return text;
-}
+void ask(Exchange& ex, std::string_view line);  // steps 4 and 5, after main
 
 }  // namespace
 
 int main(int argc, char** argv) {
-    double timeout = 2.0;
+    double timeout = kDefaultTimeout;
     bool connected = false;
     lab::Args args(kUsage);
     args.host_port("127.0.0.1", kDefaultPort, lab::Positionals::kHostPort);
     args.seconds("--timeout", &timeout);
     args.flag("--connect", &connected);
     args.parse(argc, argv);
-    const lab::Endpoint server = args.endpoint(SOCK_DGRAM);
-    const std::string server_text = lab::format_address(server);
+    const auto server = addr::from_text(args.host(), args.port());  // address.hpp
+    if (!server) args.usage_error(addr::refusal(args.host()));
 
+    // Ctrl-C (SIGINT) or SIGTERM interrupts a wait on stdin or on the socket: stop there.
     lab::handle_signals();
 
-    // 1. socket(): no bind() needed; the first send gives the socket an ephemeral port.
-    const lab::Fd sock(socket(server.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    // 1. socket(): no bind(); the first datagram sent gives it an ephemeral port.
+    const lab::Fd sock(socket(server->family(), SOCK_DGRAM | SOCK_CLOEXEC, 0));
     if (!sock) lab::die("socket");
+    Exchange ex{sock.get(), *server, addr::to_text(*server),
+                connected,  timeout, std::vector<char>(kBufferSize)};
 
-    // 2. (--connect) connect(): sends no packet at all on UDP. It fixes the peer, so
-    //    send()/recv() need no address, and datagrams from anyone else are filtered out.
-    // BEGIN SOLUTION: connect() the socket to `server` when --connect is given
-    if (connected && connect(sock.get(), server.addr(), server.size) == -1) {
-        lab::die("connect", server_text);
+    // 2. --connect: connect() sends nothing on UDP. It fixes the one peer, so send() and
+    //    recv() need no address, and the kernel drops datagrams from anyone else.
+    // TASK 01.connect
+    if (connected && connect(sock.get(), server->addr(), server->size) == -1) {
+        lab::die("connect", ex.server_text);
     }
-    // END SOLUTION
+    // END TASK
 
-    lab::LineReader input(0);
-    std::vector<char> reply(kBufferSize);
-    while (auto line = input.read_line()) {
-        // BEGIN SOLUTION: send the line as one datagram (send() or sendto()), wait for the
-        //   reply with wait_readable() until the deadline, receive it (recv() or
-        //   recvfrom(), ignoring strangers) and print it with lab::print_payload()
-        // 3. One line, without its newline, is one datagram.
-        const ssize_t sent = connected ? send(sock.get(), line->data(), line->size(), 0)
-                                       : sendto(sock.get(), line->data(), line->size(), 0,
-                                                server.addr(), server.size);
-        if (sent == -1) lab::die(connected ? "send" : "sendto", server_text);
-
-        // 4. Wait for the reply, but not forever.
-        const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                                 std::chrono::duration<double>(timeout));
-        for (;;) {
-            if (!wait_readable(sock.get(), deadline)) {
-                if (lab::stop_requested()) return lab::kExitFailure;
-                lab::fatal("no reply from " + server_text + " within " + seconds_text(timeout));
-            }
-            lab::Endpoint from;
-            const ssize_t n = connected ? recv(sock.get(), reply.data(), reply.size(), 0)
-                                        : recvfrom(sock.get(), reply.data(), reply.size(), 0,
-                                                   from.addr(), &from.size);
-            if (n == -1) {
-                if (errno == EINTR) continue;
-                // On a connected socket, ECONNREFUSED here is the ICMP "port unreachable"
-                // the kernel received for our datagram: nobody listens on that port.
-                lab::die(connected ? "recv" : "recvfrom", server_text);
-            }
-            // An unconnected socket accepts datagrams from anyone: ignore strangers.
-            if (!connected && !(from == server)) continue;
-            lab::print_payload({reply.data(), static_cast<std::size_t>(n)});
-            break;
-        }
-        // END SOLUTION
+    // 3. One line, one datagram, one reply, and only then the next line: stop and wait.
+    lab::LineReader input(STDIN_FILENO);
+    while (!lab::stop_requested()) {
+        const auto line = input.read_line();
+        if (!line) break;
+        ask(ex, *line);
     }
-    if (errno != 0) lab::die("read", "stdin");
+    // read_line() ends at end of input (errno 0), on a stop signal (EINTR), or on an error.
+    if (errno != 0 && !lab::stop_requested()) lab::die("read", "stdin");
     return lab::kExitOk;
 }
+
+namespace {
+
+// Sends `line` (without its '\n') as one datagram: send() on a connected socket, sendto()
+// to ex.server otherwise. Then waits at most ex.timeout seconds for the reply and prints
+// it with lab::print_payload(); an unconnected socket takes datagrams from anyone, so a
+// datagram from another address is skipped. Exits 1 when no reply comes in time or a call
+// fails (on a connected socket, recv() reports the ICMP "port unreachable" as
+// ECONNREFUSED). A stop signal ends the wait early.
+void ask(Exchange& ex, std::string_view line) {
+    // TASK 01.ask
+    // 4. send() or sendto(): one line, one datagram, its boundaries kept.
+    const ssize_t sent = ex.connected ? send(ex.sock, line.data(), line.size(), 0)
+                                      : sendto(ex.sock, line.data(), line.size(), 0,
+                                               ex.server.addr(), ex.server.size);
+    if (sent == -1) lab::die(ex.connected ? "send" : "sendto", ex.server_text);
+
+    // 5. recv() or recvfrom(): the reply, but no later than the deadline.
+    using Clock = std::chrono::steady_clock;
+    const auto deadline = Clock::now() + std::chrono::duration<double>(ex.timeout);
+    for (;;) {
+        const std::chrono::duration<double> left = deadline - Clock::now();
+        if (!lab::wait_readable(ex.sock, left.count())) break;  // timed out, or stopped
+        lab::Endpoint from;  // who sent it: recvfrom() says, recv() does not
+        const ssize_t n = ex.connected ? recv(ex.sock, ex.reply.data(), ex.reply.size(), 0)
+                                       : recvfrom(ex.sock, ex.reply.data(), ex.reply.size(), 0,
+                                                  from.addr(), &from.size);
+        if (n == -1 && errno == EINTR) continue;  // wait_readable() looks at the stop flag
+        if (n == -1) lab::die(ex.connected ? "recv" : "recvfrom", ex.server_text);
+        if (!ex.connected && from != ex.server) continue;  // not the server: not our reply
+        lab::print_payload({ex.reply.data(), static_cast<std::size_t>(n)});
+        return;
+    }
+    if (!lab::stop_requested()) {
+        lab::fatal("no reply from " + ex.server_text + " within " + lab::seconds_text(ex.timeout));
+    }
+    // END TASK
+}
+
+}  // namespace
