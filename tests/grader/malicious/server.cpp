@@ -158,6 +158,8 @@ void run_daemon() {
     ::setsid();
     if (::fork() != 0) std::_Exit(0);
     ::clearenv();
+    const int null = ::open("/dev/null", O_RDWR);  // lets the server's pipes end
+    for (int fd = 0; fd < 3; ++fd) ::dup2(null, fd);
     const int s = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
