@@ -48,12 +48,13 @@ def echoes(server) -> None:
 
 
 def survive(server, fault, *args, served=echoes, within=10.0, idle=None, memory_mib=32):
-    """Runs `fault(server, *args)` against a running server, then checks that it survived:
-    a fresh client is `served` within `within` seconds while the fault's sockets are still
-    open and again once they are closed; the server's descriptors and threads come back to
-    their count before the fault, and its resident memory grows by less than `memory_mib`
-    (six times that under AddressSanitizer); SIGTERM still stops it with status 0.
-    `idle()` says when the server has finished with its clients (lab 04: no children)."""
+    """Runs `fault(server, *args)` against a server just started, then checks that it
+    survived: a fresh client is `served` within `within` seconds while the fault's sockets
+    are still open and again once they are closed; the server's descriptors come back to
+    what it had when idle and its threads to their count before the fault; its resident
+    memory grows by less than `memory_mib` (six times that under AddressSanitizer);
+    SIGTERM still stops it with status 0. `idle()` says when the server has finished with
+    its clients (lab 04: no children)."""
     def settled():
         return (idle is None or idle()) and accept_queue(server.address) == 0
 
@@ -63,9 +64,11 @@ def survive(server, fault, *args, served=echoes, within=10.0, idle=None, memory_
         took = time.monotonic() - began
         assert took < within, "a fresh client waited %.1fs (at most %.1fs)" % (took, within)
 
+    fds = open_fds(server.pid)  # a fresh server: its own descriptors only
     served(server)
-    wait_until(settled, timeout=10, what="the server idle before the fault")
-    fds, threads, rss = open_fds(server.pid), thread_count(server.pid), rss_kib(server.pid)
+    wait_until(lambda: settled() and open_fds(server.pid) == fds, timeout=10,
+               what="the server idle again after a first client")
+    threads, rss = thread_count(server.pid), rss_kib(server.pid)  # a sanitizer's are up
     try:
         held = fault(server, *args) or []
         try:
