@@ -78,9 +78,14 @@ def our_leftovers():
     return [pid for pid in sandbox.processes_of_uids(range(low, high))]
 
 
-def netns_list():
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=20)
-    return sorted(out.stdout.split())
+def sandbox_namespaces():
+    """Namespaces (network, user, mount, PID) still held by a process of a sandbox's uid:
+    the test hosts made inside a sandbox live in its namespaces and end with them."""
+    out = subprocess.run(["lsns", "-n", "-r", "-o", "NS,TYPE,PID,UID"], capture_output=True,
+                         text=True, timeout=20).stdout
+    low, high = sandbox.SLOT_BASE, sandbox.SLOT_BASE + 2 * sandbox.SLOTS
+    return [line for line in out.splitlines()
+            if len(line.split()) == 4 and low <= int(line.split()[3]) < high]
 
 
 def labs_grade_cgroups():
@@ -136,8 +141,7 @@ def graded():
 
     direct = direct_failures(instructor, root / "direct-build")
     started = time.time()
-    before = {"instructor": tree_digest(instructor), "submissions": tree_digest(subs),
-              "netns": netns_list()}
+    before = {"instructor": tree_digest(instructor), "submissions": tree_digest(subs)}
     env = dict(os.environ, LABS_READY_TIMEOUT="3")
     try:
         p = subprocess.run(GRADE_CLASS + [str(subs), "--out", str(out), "--jobs", "2",
@@ -148,7 +152,7 @@ def graded():
         httpd.shutdown()
         httpd.server_close()
     after = {"instructor": tree_digest(instructor), "submissions": tree_digest(subs),
-             "netns": netns_list()}
+             "namespaces": sandbox_namespaces()}
     yield {"proc": p, "out": out, "before": before, "after": after, "mark": mark,
            "instructor": instructor, "subs": subs, "root": root,
            "started": started, "direct": direct}
@@ -253,7 +257,7 @@ def test_the_malicious_one_changed_no_file_outside_its_sandbox(graded):
 
 def test_nothing_is_left_behind(graded):
     assert not our_leftovers(), "processes of a sandbox still run"
-    assert graded["after"]["netns"] == graded["before"]["netns"]
+    assert graded["after"]["namespaces"] == []
     assert not labs_grade_cgroups()
     assert not [p for p in Path("/tmp").glob("labs-grade-*")
                 if p.stat().st_mtime >= graded["started"]]
