@@ -1,14 +1,7 @@
-// 09-epoll server: a TCP echo server for thousands of clients in one thread, built on epoll.
-//
-// The kernel keeps the list of watched sockets (the interest list) and hands back only the
-// ready ones, so a wake-up costs what is ready, not what is connected. Two modes:
-//   --mode lt  level-triggered (default): a socket is reported for as long as it is ready,
-//              so one read() per report is enough; the kernel reminds us of the rest.
-//   --mode et  edge-triggered: a socket is reported when it becomes ready, so we read until
-//              EAGAIN or the rest is never reported again. A byte budget per wake-up and a
-//              ready list keep one fast sender from starving everyone else.
-// A connection costs one small Conn in a vector indexed by its descriptor; its output buffer
-// exists only while an echo waits for the peer to read it.
+// 09-epoll server: a TCP echo server for thousands of clients in one thread, on epoll. The
+// kernel keeps the watched sockets (the interest list) and hands back only the ready ones,
+// so a wake-up costs what is ready, not what is connected. The lesson reads first (main,
+// then the loop's steps 5 to 9); the defences follow, each answering one fault.
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -16,16 +9,15 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <csignal>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <string>
-#include <string_view>
 #include <utility>
 #include <vector>
 
 #include "common/args.hpp"
-#include "common/endpoint.hpp"
 #include "common/error.hpp"
 #include "common/fd.hpp"
 #include "common/io.hpp"
@@ -34,373 +26,314 @@
 namespace {
 
 constexpr std::uint16_t kDefaultPort = 9909;
-constexpr std::size_t kReadChunk = 65536;          // 64 KiB per read(), one reusable buffer
-constexpr std::size_t kEtBudget = 4 * kReadChunk;  // ET: bytes per connection per turn
-constexpr int kMaxEvents = 1024;                   // events taken per epoll_pwait()
-constexpr long long kDefaultMaxBuffer = 1 << 20;   // --max-buffer: pending echo per client
-constexpr long long kReservedFds = 8;  // stdio, listener, epoll, slack: never for clients
-constexpr int kAcceptRetryMs = 1000;   // out of descriptors: try accepting again this often
-constexpr std::string_view kBusy = "server busy\n";
+constexpr int kBacklog = SOMAXCONN;  // the kernel caps it at net.core.somaxconn
+constexpr std::string_view kBusyReply = "server busy\n";
+constexpr int kMaxEvents = 1024;                   // events taken per epoll_wait()
+constexpr std::size_t kReadChunk = 65536;          // bytes per read(), into one shared buffer
+constexpr std::size_t kEtBudget = 4 * kReadChunk;  // ET: bytes per client per turn
+constexpr long long kDefaultMaxBuffer = 1 << 20, kMaxBufferLimit = 1 << 26;
+constexpr long long kMaxClientsLimit = 1'000'000;
+constexpr long long kReservedFds = 8;  // stdio, listener, epoll and slack: never clients
+constexpr double kDefaultIdleSeconds = 60;
 
 constexpr const char* kUsage =
     R"(usage: server [--host ADDR] [--port N] [--mode lt|et] [--max-clients N]
-              [--max-buffer BYTES] [--quiet]
+              [--max-buffer BYTES] [--idle-timeout SECONDS] [--quiet]
        server [PORT]
-TCP echo server on epoll: one thread, many clients.
-  -H, --host ADDR        address to bind (default 127.0.0.1; :: or 0.0.0.0 for all)
-  -p, --port N           port to bind (default 9909; 0 lets the kernel choose)
-      --mode lt|et       level-triggered (default) or edge-triggered epoll
-      --max-clients N    clients at once; one more gets "server busy" and is closed
-                         (default: the descriptor limit minus 8)
-      --max-buffer BYTES stop reading a client while this much echo waits (default 1 MiB)
-      --quiet            no log line per event
-      --help             this text
+TCP echo server on epoll, one thread: level-triggered (--mode lt, the default) or
+edge-triggered (--mode et). -H/--host ADDR and -p/--port N: where it listens (default
+127.0.0.1 port 9909; :: or 0.0.0.0 for every address; port 0 lets the kernel choose).
+  --max-clients N         one more is told "server busy" (default: descriptor limit - 8)
+  --max-buffer BYTES      stop reading a client while this much echo waits (1 MiB)
+  --idle-timeout SECONDS  drop a client that neither sends nor reads this long (60)
+  --quiet                 no log line per event
 )";
 
 struct Options {
-    bool edge = false;  // --mode et
-    std::size_t max_clients = 0;
-    std::size_t max_buffer = kDefaultMaxBuffer;
+    std::string mode = "lt";  // or "et"
+    long long max_clients = 0, max_buffer = kDefaultMaxBuffer;
+    double idle_seconds = kDefaultIdleSeconds;
     bool quiet = false;
 };
 
-// Everything the server knows about one connection: 48 bytes while idle.
-struct Conn {
-    std::string out;           // echo the peer has not taken yet; no heap while it is short
-    std::uint32_t sent = 0;    // bytes of `out` already written
-    std::uint32_t events = 0;  // LT: the interest set registered with epoll
-    lab::Fd fd;                // closed (and so removed from epoll) with the Conn
-    bool read_closed = false;  // the peer sent FIN: close once `out` has drained
-    bool queued = false;       // ET: waiting on the ready list for another turn
+void serve_clients(lab::Fd listen_fd, lab::Fd epoll_fd, const Options& opt);  // 5. to 9.
 
-    [[nodiscard]] std::size_t pending() const { return out.size() - sent; }
+}  // namespace
+
+int main(int argc, char** argv) {
+    Options opt;
+    rlimit fds{};  // the default --max-clients: what the descriptor limit leaves room for
+    getrlimit(RLIMIT_NOFILE, &fds);
+    opt.max_clients = std::max<long long>(
+        1, static_cast<long long>(std::min<rlim_t>(fds.rlim_cur, kMaxClientsLimit)) - kReservedFds);
+    lab::Args args(kUsage);
+    args.host_port("127.0.0.1", kDefaultPort, lab::Positionals::kPort);
+    args.option("--mode", &opt.mode);
+    args.option("--max-clients", &opt.max_clients, 1, kMaxClientsLimit);
+    args.option("--max-buffer", &opt.max_buffer, 1, kMaxBufferLimit);
+    args.seconds("--idle-timeout", &opt.idle_seconds);
+    args.flag("--quiet", &opt.quiet);
+    args.parse(argc, argv);
+    if (opt.mode != "lt" && opt.mode != "et") args.usage_error("bad mode '" + opt.mode + "'");
+    const lab::Endpoint local = args.endpoint(SOCK_STREAM);
+    lab::handle_signals();  // SIGINT, SIGTERM: epoll_wait() fails with EINTR, the loop ends
+
+    // 1. socket(): non-blocking, so that no accept4() can ever stall the loop. SO_REUSEADDR:
+    //    restart at once, despite old connections in TIME_WAIT (lab 06).
+    lab::Fd listen_fd(socket(local.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    const int lfd = listen_fd.get();
+    const int on = 1;
+    if (lfd == -1) lab::die("socket");
+    if (setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) == -1) lab::die("setsockopt");
+    // 2. bind() and 3. listen(): a long queue, so a burst of connects waits for the loop.
+    if (bind(lfd, local.addr(), local.size) == -1) lab::die("bind", lab::format_address(local));
+    if (listen(lfd, kBacklog) == -1) lab::die("listen");
+
+    // 4. epoll_create1(), and the listener into its interest list. Edge-triggered: it is
+    //    reported when connections arrive, and accept_clients() takes them all each time.
+    // TASK 09.epoll-create
+    // KIT: lab::Fd epoll_fd = lab::todo<lab::Fd>("09.epoll-create");
+    lab::Fd epoll_fd(epoll_create1(EPOLL_CLOEXEC));
+    if (!epoll_fd) lab::die("epoll_create1");
+    epoll_event event{.events = EPOLLIN | EPOLLET, .data = {.fd = lfd}};
+    if (epoll_ctl(epoll_fd.get(), EPOLL_CTL_ADD, lfd, &event) == -1) lab::die("epoll_ctl");
+    // END TASK
+    lab::print_ready("tcp", lab::local_endpoint(lfd).value_or(local));
+    lab::Log(opt.quiet)("mode ", opt.mode, ", at most ", opt.max_clients, " clients");
+    serve_clients(std::move(listen_fd), std::move(epoll_fd), opt);
+    return lab::kExitOk;
+}
+
+namespace {
+
+// One connection, in a table indexed by its descriptor number: 48 bytes while idle.
+struct Client {
+    lab::Fd fd;                        // closing it also takes it out of the interest list
+    std::uint32_t events = 0;          // what epoll reports for it (LT changes it)
+    std::unique_ptr<std::string> out;  // echo the peer has not taken yet, while there is some
+    long long idle_at = 0;             // dropped then (steady clock, ms) unless active
+    int older = -1, newer = -1;        // neighbours in the list by last activity
+    std::uint64_t bytes = 0;           // read from it, for the log
+    bool read_closed = false;          // the peer sent FIN: close once `out` has drained
 };
-static_assert(sizeof(Conn) <= 48, "an idle connection must stay cheap");
 
 class Server {
   public:
-    Server(lab::Fd listen_fd, lab::Fd epoll_fd, const Options& options)
-        : listen_fd_(std::move(listen_fd)),
-          epoll_fd_(std::move(epoll_fd)),
-          opt_(options),
-          log_(options.quiet),
-          buffer_(kReadChunk),
-          events_(kMaxEvents) {}
+    Server(lab::Fd listen_fd, lab::Fd epoll_fd, Options opt)
+        : listen_fd_(std::move(listen_fd)), epoll_fd_(std::move(epoll_fd)), opt_(std::move(opt)) {}
 
-    void run(const sigset_t& wait_mask) {
+    // 5. The loop, with three kinds of event: the listener (new connections), the clients
+    //    (bytes, room to write, FIN, reset) and the timers: the earliest idle deadline sets
+    //    how long epoll_wait() may sleep. A stop signal makes the wait fail with EINTR.
+    void run() {
         while (!lab::stop_requested()) {
-            // BEGIN SOLUTION: wait in epoll_pwait() and dispatch its events; call
-            //   epoll_pwait(epoll_fd_.get(), events_.data(), kMaxEvents, timeout, &wait_mask)
-            //   with the timeout 0 while ready_ is not empty, -1 while accepting_, else
-            //   kAcceptRetryMs; continue on EINTR, lab::die("epoll_pwait")
-            //   on other errors, and on 0 with accepting_ false call set_accepting(true).
-            //   For each event (its fd is in data.fd): remember that the listener was
-            //   reported, or on_event(fd, events) for a client whose conns_ entry still has
-            //   its fd (one closed earlier in the batch has not). After the batch, and only
-            //   then, accept_clients() if the listener was reported
-            const int timeout = !ready_.empty() ? 0 : accepting_ ? -1 : kAcceptRetryMs;
-            // 5. epoll_pwait(): SIGINT and SIGTERM are blocked everywhere else and unblocked
-            //    only inside this call, atomically, so a stop request can never slip in
-            //    between the flag check above and the wait (the race plain epoll_wait has).
-            const int n =
-                epoll_pwait(epoll_fd_.get(), events_.data(), kMaxEvents, timeout, &wait_mask);
-            if (n == -1 && errno == EINTR) continue;  // the handler ran: look at the flag
-            if (n == -1) lab::die("epoll_pwait");
-            if (n == 0 && !accepting_) set_accepting(true);
-            bool incoming = false;
-            for (int i = 0; i < n; ++i) {
+            // TASK 09.wait
+            const int n = epoll_wait(epoll_fd_.get(), events_.data(), kMaxEvents, timeout());
+            if (n == -1 && errno == EINTR) continue;  // a signal: back to the check above
+            if (n == -1) lab::die("epoll_wait");
+            now_ = now_ms();
+            bool incoming = false;         // accept after the batch: a new client may get the
+            for (int i = 0; i < n; ++i) {  // number of one closed in it, not its events
                 const int fd = events_[i].data.fd;
-                if (fd == listen_fd_.get()) {
-                    incoming = true;
-                } else if (conns_[static_cast<std::size_t>(fd)].fd) {  // not closed meanwhile
-                    on_event(fd, events_[i].events);
-                }
+                if (fd == listen_fd_.get()) incoming = true;
+                if (fd != listen_fd_.get() && client(fd).fd) serve(fd, events_[i].events);
             }
-            // Accept after the batch: a new client may get the number of one closed above,
-            // and must not receive the old one's events.
-            if (incoming) accept_clients();
-            // END SOLUTION
-            serve_ready_list();
+            // END TASK
+            drop_idle_clients();
+            if (incoming || retry_accept_) accept_clients();
         }
         log_("stopping on ", lab::stop_signal_name());
     }
 
   private:
-    Conn& conn(int fd) { return conns_[static_cast<std::size_t>(fd)]; }
-
-    void on_event(int fd, std::uint32_t events) {
-        if ((events & (EPOLLERR | EPOLLHUP)) != 0) {  // reset, or gone: nothing to deliver
-            int err = 0;
-            socklen_t size = sizeof err;
-            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &size);
-            return close_client(fd, err != 0 ? std::strerror(err) : "hang-up");
-        }
-        serve(fd, (events & EPOLLIN) != 0, (events & EPOLLRDHUP) != 0);
-    }
-
-    // 6. accept4() until EAGAIN: one report may stand for many waiting connections.
+    // 6. accept4() until EAGAIN: one report may stand for many waiting connections. One
+    //    over --max-clients is told, best effort (a fresh socket has room), and closed.
     void accept_clients() {
-        while (accepting_) {
+        for (retry_accept_ = false; !lab::stop_requested();) {
             lab::Endpoint peer;
-            lab::Fd client(
-                accept4(listen_fd_.get(), peer.addr(), &peer.size, SOCK_NONBLOCK | SOCK_CLOEXEC));
-            if (!client) {
-                if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue;
-                if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                    // The connection stays queued in the kernel. Accepting again at once
-                    // would fail again, a busy loop: stop watching the listener instead.
-                    if (!told_full_) {  // once, not at every retry
-                        lab::note("accept: " + std::string(std::strerror(errno)) +
-                                  "; pausing accepts until a client leaves");
-                    }
-                    told_full_ = true;
-                    set_accepting(false);
-                } else if (errno == EAGAIN) {
-                    told_full_ = false;  // caught up: the shortage, if any, is over
-                } else {
-                    lab::warn("accept");
-                }
-                return;
+            lab::Fd conn(accept4(listen_fd_.get(), peer.addr(), &peer.size, SOCK_NONBLOCK));
+            if (!conn) return accept_failed();
+            if (count_ < opt_.max_clients) {
+                add_client(std::move(conn), peer);
+            } else if (write(conn.get(), kBusyReply.data(), kBusyReply.size()) >= 0) {
+                log_("refused ", lab::format_address(peer), ": server busy");
             }
-            if (clients_ >= opt_.max_clients) {
-                // Best effort, never retried: a fresh socket has room for 12 bytes.
-                const ssize_t told = write(client.get(), kBusy.data(), kBusy.size());
-                log_("refused ", lab::format_address(peer), ": server busy",
-                     told == -1 ? " (could not tell it)" : "");
-                continue;  // the Fd closes it
-            }
-            add_client(std::move(client), peer);
         }
     }
 
-    // 7. epoll_ctl(ADD): LT watches input only; ET watches everything once, for good.
-    void add_client(lab::Fd client, const lab::Endpoint& peer) {
-        // BEGIN SOLUTION: register the client with epoll_ctl(EPOLL_CTL_ADD); grow conns_ so
-        //   that conns_[fd] exists, watch EPOLLIN | EPOLLRDHUP in LT mode and EPOLLIN |
-        //   EPOLLOUT | EPOLLRDHUP | EPOLLET in ET mode (opt_.edge) with data.fd = fd; if
-        //   epoll_ctl() fails, lab::warn("epoll_ctl", PEER) and return (the
-        //   Fd closes it); else move the Fd into conn(fd).fd, store the events in
-        //   conn(fd).events, count it in clients_ and log "client PEER connected as fd N"
-        //   (PEER from lab::format_address())
-        const int fd = client.get();
-        if (static_cast<std::size_t>(fd) >= conns_.size()) {
-            conns_.resize(static_cast<std::size_t>(fd) + 1);
-        }
-        epoll_event event{};
-        event.events = opt_.edge ? EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET : EPOLLIN | EPOLLRDHUP;
-        event.data.fd = fd;
+    // 7. epoll_ctl(ADD): LT watches for input only; ET for everything, once and for good.
+    // TASK 09.add-client
+    void add_client(lab::Fd conn, const lab::Endpoint& peer) {
+        const int fd = conn.get();
+        const std::uint32_t et = EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLOUT | EPOLLET;
+        epoll_event event{.events = edge() ? et : EPOLLIN, .data = {.fd = fd}};
         if (epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd, &event) == -1) {
-            return lab::warn("epoll_ctl", lab::format_address(peer));
+            return lab::warn("epoll_ctl", lab::format_address(peer));  // conn closes it
         }
-        conn(fd).fd = std::move(client);
-        conn(fd).events = event.events;
-        ++clients_;
-        log_("client ", lab::format_address(peer), " connected as fd ", fd);
-        // END SOLUTION
+        if (static_cast<std::size_t>(fd) >= clients_.size()) clients_.resize(fd + 1UL);
+        client(fd).fd = std::move(conn);
+        client(fd).events = event.events;
+        ++count_;
+        touch(fd);
+        if (!opt_.quiet) names_.resize(clients_.size());
+        if (!opt_.quiet) names_[static_cast<std::size_t>(fd)] = lab::format_address(peer);
+        log_("client ", name(fd), " connected: fd ", fd);
     }
+    // END TASK
 
-    // One connection's turn: send what waits, then read and echo, up to a budget.
-    void serve(int fd, bool readable, bool peer_shut) {
-        Conn& c = conn(fd);
-        if (!flush(fd, c)) return close_client(fd, std::strerror(errno));
-        std::size_t budget = opt_.edge ? kEtBudget : kReadChunk;
-        while (readable && !c.read_closed && c.pending() < opt_.max_buffer) {
-            if (budget == 0) {  // ET: more may be waiting; others get their turn first
-                if (!c.queued) ready_.push_back(fd);
-                c.queued = true;
-                break;
-            }
-            const std::size_t want = std::min(budget, buffer_.size());
-            const ssize_t n = read(fd, buffer_.data(), want);
-            if (n == -1 && errno == EINTR) continue;
-            if (n == -1 && errno == EAGAIN) break;  // drained: the next edge will come
+    // 8. Serve one client: send what waits, then read and echo. LT reads once per report;
+    //    ET until the socket is drained or its budget for this turn runs out. A reset
+    //    (EPOLLERR, EPOLLHUP: always reported) makes the next read() or write() fail.
+    void serve(int fd, std::uint32_t events) {
+        Client& c = client(fd);
+        if (!send(fd, {})) return close_client(fd, std::strerror(errno));
+        std::size_t budget = edge() ? kEtBudget : kReadChunk;
+        while ((events & ~std::uint32_t{EPOLLOUT}) != 0 && !c.read_closed && !full(fd)) {
+            if (budget == 0) return rearm(fd);
+            const std::size_t asked = std::min(budget, kReadChunk);
+            const ssize_t n = read(fd, buffer_.data(), asked);
+            if (n == -1 && errno == EAGAIN) break;  // drained (never EINTR: it never sleeps)
             if (n == -1) return close_client(fd, std::strerror(errno));
-            // EPOLLRDHUP: the FIN is already queued, so a short read was the last data.
-            if (n == 0 || (peer_shut && static_cast<std::size_t>(n) < want)) c.read_closed = true;
+            c.read_closed = n == 0;  // the peer's FIN: the end of its stream
             if (n == 0) break;
-            log_("fd ", fd, ": ", n, " bytes");
-            if (!echo(fd, c, static_cast<std::size_t>(n))) {
+            log_("from ", name(fd), ": ", n, " bytes");
+            c.bytes += static_cast<std::uint64_t>(n);
+            touch(fd);
+            if (!send(fd, {buffer_.data(), static_cast<std::size_t>(n)})) {
                 return close_client(fd, std::strerror(errno));
             }
             budget -= static_cast<std::size_t>(n);
-            if (!opt_.edge) break;  // LT: one read per report; epoll reports the rest
+            if (!edge()) break;  // LT: one read per report; epoll reports the rest
+            if (!drained(events, static_cast<std::size_t>(n), asked)) continue;
+            c.read_closed = (events & EPOLLRDHUP) != 0;  // the FIN came first: that was all
+            break;
         }
-        if (c.read_closed && c.pending() == 0) return close_client(fd, "end of stream");
-        if (!opt_.edge) watch(fd, c);
+        if (c.read_closed && !c.out) return close_client(fd, {});
+        if (!edge()) watch(fd);
     }
 
-    // Writes the queued echo until it is gone or the socket is full (EAGAIN).
-    static bool flush(int fd, Conn& c) {
-        while (c.pending() > 0) {
-            const ssize_t n = write(fd, c.out.data() + c.sent, c.pending());
-            if (n == -1 && errno == EINTR) continue;
-            if (n == -1) return errno == EAGAIN;
-            c.sent += static_cast<std::uint32_t>(n);
-        }
-        std::string().swap(c.out);  // drained: give the memory back, not just clear()
-        c.sent = 0;
-        return true;
+    // ET: after a read() that returned n of the `asked` bytes, is the socket drained? A read
+    // failing with EAGAIN says so for certain, at the price of one more read() per wake-up.
+    // A short read says so too (TCP hands over all it holds, and later bytes raise a new
+    // edge), unless urgent data is pending: read() stops short at the urgent mark, with
+    // bytes behind it. epoll reports EPOLLPRI while there is such a mark.
+    static bool drained(std::uint32_t events, std::size_t n, std::size_t asked) {
+        // TASK 09.drained
+        return n < asked && (events & EPOLLPRI) == 0;
+        // END TASK
     }
 
-    // Sends n bytes of buffer_ back: at once if nothing is queued, else after the queue.
-    bool echo(int fd, Conn& c, std::size_t n) {
-        std::size_t done = 0;
-        while (c.pending() == 0 && done < n) {
-            const ssize_t w = write(fd, buffer_.data() + done, n - done);
-            if (w == -1 && errno == EINTR) continue;
-            if (w == -1 && errno == EAGAIN) break;
-            if (w == -1) return false;
-            done += static_cast<std::size_t>(w);
-        }
-        if (done == n) return true;
-        if (c.sent > 0 && c.sent >= c.out.size() / 2) {  // drop the sent half, amortised
-            c.out.erase(0, c.sent);
-            c.sent = 0;
-        }
-        c.out.append(buffer_.data() + done, n - done);
-        return true;
-    }
-
-    // LT: ask epoll for what this connection can use now, and nothing more. Watching
-    // EPOLLOUT with nothing to send, or EPOLLIN while we refuse to read, would report the
-    // socket on every single call: a busy loop.
-    void watch(int fd, Conn& c) {
-        std::uint32_t want = 0;
-        if (c.pending() > 0) want |= EPOLLOUT;
-        if (!c.read_closed && c.pending() < opt_.max_buffer) want |= EPOLLIN | EPOLLRDHUP;
-        if (want == c.events) return;
-        epoll_event event{};
-        event.events = want;
-        event.data.fd = fd;
-        if (epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, fd, &event) == -1) {
-            return close_client(fd, std::strerror(errno));
-        }
-        c.events = want;
-    }
-
-    // ET: give each connection that used up its budget another turn, oldest first.
-    void serve_ready_list() {
-        ready_now_.swap(ready_);
-        for (const int fd : ready_now_) {
-            if (!conn(fd).queued) continue;  // closed since then
-            conn(fd).queued = false;
-            serve(fd, true, false);
-        }
-        ready_now_.clear();
-    }
-
-    // 8. close(): resetting the Conn closes the fd, which also removes it from epoll.
+    // 9. close(): resetting the Client closes its descriptor, which also takes it out of
+    //    the interest list (see Pitfalls for when it does not). A descriptor is free again.
     void close_client(int fd, std::string_view why) {
-        conn(fd) = Conn{};
-        --clients_;
-        log_("fd ", fd, " closed: ", why);
-        if (!accepting_) set_accepting(true);  // a descriptor is free again
+        if (why.empty()) log_("client ", name(fd), " left after ", client(fd).bytes, " bytes");
+        if (!why.empty()) log_("client ", name(fd), " dropped: ", why);
+        unlink(fd);
+        client(fd) = Client{};
+        --count_;
+        retry_accept_ = told_full_;  // out of descriptors, connections may wait: take them
     }
 
-    void set_accepting(bool on) {
-        epoll_event event{};
-        event.events = on ? std::uint32_t{EPOLLIN} : 0;  // 0: watched, never reported
-        event.data.fd = listen_fd_.get();
-        if (epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, listen_fd_.get(), &event) == -1) {
-            lab::die("epoll_ctl");
-        }
-        accepting_ = on;
+    // Backpressure: the echo goes out after what is queued, as much as the socket takes;
+    // the rest waits in `out` (which exists only then). At --max-buffer serve() stops
+    // reading the client, so its TCP window closes until it reads.
+    bool send(int fd, std::string_view bytes) {
+        std::unique_ptr<std::string>& out = client(fd).out;
+        if (out) bytes = out->append(bytes);
+        const ssize_t n = bytes.empty() ? 0 : write(fd, bytes.data(), bytes.size());
+        if (n == -1 && errno != EAGAIN) return false;
+        const auto done = static_cast<std::size_t>(std::max<ssize_t>(n, 0));
+        if (done > 0 && out) touch(fd);  // the peer reads: it is not idle
+        if (!out && done < bytes.size()) out = std::make_unique<std::string>(bytes);
+        if (out && out->erase(0, done).empty()) out.reset();
+        return true;
     }
 
-    lab::Fd listen_fd_;
-    lab::Fd epoll_fd_;
+    // LT busy loop: EPOLLOUT with nothing to send, or EPOLLIN while serve() will not read,
+    // would report the socket on every call. Ask for what can be used now, and no more.
+    void watch(int fd) {
+        Client& c = client(fd);
+        const auto in = c.read_closed || full(fd) ? 0U : std::uint32_t{EPOLLIN};
+        const auto want = (c.out ? std::uint32_t{EPOLLOUT} : 0U) | in;
+        if (want != c.events && !modify(fd, want)) close_client(fd, std::strerror(errno));
+    }
+
+    // ET starvation: a client sending as fast as it is read would keep "read until drained"
+    // going for ever. After kEtBudget bytes, EPOLL_CTL_MOD puts it back at the end of the
+    // kernel's ready list: epoll_wait() reports the others first, then it again.
+    void rearm(int fd) {
+        if (!modify(fd, client(fd).events)) close_client(fd, std::strerror(errno));
+    }
+
+    // Idle clients hold descriptors and places for nothing. All have the same timeout, so
+    // the list by last activity (touch() moves a client to the back) is in deadline order.
+    void touch(int fd) {
+        unlink(fd);
+        Client& c = client(fd);
+        c.idle_at = now_ + idle_ms_;
+        c.older = std::exchange(newest_, fd);
+        (c.older == -1 ? oldest_ : client(c.older).newer) = fd;
+    }
+    void unlink(int fd) {
+        Client& c = client(fd);
+        if (c.older == -1 && oldest_ != fd) return;  // not in the list
+        (c.older == -1 ? oldest_ : client(c.older).newer) = c.newer;
+        (c.newer == -1 ? newest_ : client(c.newer).older) = c.older;
+        c.older = c.newer = -1;
+    }
+    void drop_idle_clients() {
+        const std::string why = "idle for " + lab::seconds_text(opt_.idle_seconds);
+        while (oldest_ != -1 && client(oldest_).idle_at <= now_)
+            close_client(oldest_, why);
+    }
+    int timeout() {  // ms until the earliest idle deadline; -1 (none): for ever
+        return oldest_ == -1 ? -1 : static_cast<int>(client(oldest_).idle_at - now_);
+    }
+
+    // Out of descriptors (EMFILE): the connection stays queued. Say so once, and take it
+    // when a client leaves (a level-triggered listener would be reported at once: a spin).
+    void accept_failed() {
+        if (errno == EAGAIN) told_full_ = false;  // the queue is empty: any shortage is over
+        if (errno != EMFILE && errno != ENFILE && errno != ENOBUFS && errno != ENOMEM) return;
+        if (std::exchange(told_full_, true)) return;
+        lab::note("accept: " + std::string(std::strerror(errno)) +
+                  "; pausing accepts until a client leaves");
+    }
+
+    bool modify(int fd, std::uint32_t events) {  // EPOLL_CTL_MOD: what to report for fd
+        epoll_event event{.events = events, .data = {.fd = fd}};
+        client(fd).events = events;
+        return epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, fd, &event) == 0;
+    }
+    bool edge() const { return opt_.mode == "et"; }
+    Client& client(int fd) { return clients_[static_cast<std::size_t>(fd)]; }
+    bool full(int fd) {
+        const auto& out = client(fd).out;
+        return out && out->size() >= static_cast<std::size_t>(opt_.max_buffer);
+    }
+    std::string_view name(int fd) {  // for the log: with --quiet, none are kept
+        return opt_.quiet ? std::string_view{} : names_[static_cast<std::size_t>(fd)];
+    }
+    static long long now_ms() {
+        const auto now = std::chrono::steady_clock::now().time_since_epoch();
+        return std::chrono::duration_cast<std::chrono::milliseconds>(now).count();
+    }
+
+    lab::Fd listen_fd_, epoll_fd_;
     Options opt_;
-    lab::Log log_;
-    std::vector<Conn> conns_;   // indexed by descriptor number
-    std::vector<char> buffer_;  // every read() lands here first
-    std::vector<epoll_event> events_;
-    std::vector<int> ready_;      // ET: connections owed another turn
-    std::vector<int> ready_now_;  // the turn being served (swapped, so never reallocated)
-    std::size_t clients_ = 0;
-    bool accepting_ = true;
-    bool told_full_ = false;  // out of descriptors was reported; the queue is not empty yet
+    lab::Log log_{opt_.quiet};
+    std::vector<Client> clients_;                               // indexed by descriptor number
+    std::vector<std::string> names_;                            // the peers' addresses, for the log
+    std::vector<char> buffer_ = std::vector<char>(kReadChunk);  // every read() lands here
+    std::vector<epoll_event> events_ = std::vector<epoll_event>(kMaxEvents);
+    int oldest_ = -1, newest_ = -1;  // the ends of the list by last activity
+    long long now_ = now_ms(), idle_ms_ = lab::to_milliseconds(opt_.idle_seconds);
+    long long count_ = 0;                            // clients connected
+    bool told_full_ = false, retry_accept_ = false;  // out of descriptors
 };
 
-Options parse_options(int argc, char** argv, lab::Args& args) {
-    Options options;
-    long long max_clients = 0;
-    auto max_buffer = kDefaultMaxBuffer;
-    args.host_port("127.0.0.1", kDefaultPort, lab::Positionals::kPort);
-    std::string mode = "lt";
-    args.option("--mode", &mode);
-    args.option("--max-clients", &max_clients, 1, 1'000'000);
-    args.option("--max-buffer", &max_buffer, 1, 1LL << 30);
-    args.flag("--quiet", &options.quiet);
-    args.parse(argc, argv);
-    if (mode != "lt" && mode != "et") args.usage_error("bad mode '" + mode + "' (want lt or et)");
-    options.edge = mode == "et";
-    if (!args.given("--max-clients")) {  // as many as the descriptor limit allows
-        rlimit limit{};
-        getrlimit(RLIMIT_NOFILE, &limit);
-        const auto fds = static_cast<long long>(std::min<rlim_t>(limit.rlim_cur, 1'000'000));
-        max_clients = std::max(1LL, fds - kReservedFds);
-    }
-    options.max_clients = static_cast<std::size_t>(max_clients);
-    options.max_buffer = static_cast<std::size_t>(max_buffer);
-    return options;
+void serve_clients(lab::Fd listen_fd, lab::Fd epoll_fd, const Options& opt) {
+    Server(std::move(listen_fd), std::move(epoll_fd), opt).run();
 }
 
 }  // namespace
-
-int main(int argc, char** argv) {
-    lab::Args args(kUsage);
-    const Options options = parse_options(argc, argv, args);
-    const lab::Endpoint local = args.endpoint(SOCK_STREAM);
-    const lab::Log log(options.quiet);
-
-    lab::handle_signals();
-    // Block the stop signals; epoll_pwait() unblocks them with wait_mask while it waits.
-    sigset_t wait_mask;  // nothing blocked: the stop signals may land anywhere
-    pthread_sigmask(SIG_SETMASK, nullptr, &wait_mask);
-
-    // BEGIN SOLUTION: create the listening socket with socket(), non-blocking
-    //   (local.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC), set SO_REUSEADDR with
-    //   setsockopt(), bind() it to `local` and listen() with SOMAXCONN; on failure
-    //   lab::die("socket" / "bind" / "listen", ...)
-    // STUB: lab::Fd listen_fd = lab::todo<lab::Fd>("lab 09: socket(), bind() and listen()");
-    // 1. socket(): non-blocking, so no accept() can ever stall the loop.
-    lab::Fd listen_fd(socket(local.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-    if (!listen_fd) lab::die("socket");
-    const int on = 1;  // restart at once, despite old connections in TIME_WAIT (lab 06)
-    setsockopt(listen_fd.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
-
-    // 2. bind() and 3. listen(): a long queue, so a burst of connects waits for us.
-    if (bind(listen_fd.get(), local.addr(), local.size) == -1) {
-        lab::die("bind", lab::format_address(local));
-    }
-    if (listen(listen_fd.get(), SOMAXCONN) == -1) {
-        lab::die("listen", lab::format_address(local));
-    }
-    // END SOLUTION
-
-    // 4. epoll_create1() and the listener in its interest list, level-triggered in both
-    //    modes: accept4() runs until EAGAIN anyway, and a paused listener must come back.
-    // BEGIN SOLUTION: create the epoll instance with epoll_create1(EPOLL_CLOEXEC) and add
-    //   the listener with epoll_ctl(EPOLL_CTL_ADD), EPOLLIN (level-triggered) and data.fd =
-    //   listen_fd.get(); on failure lab::die("epoll_create1" / "epoll_ctl")
-    // STUB: lab::Fd epoll_fd = lab::todo<lab::Fd>("lab 09: epoll_create1() and epoll_ctl(ADD)");
-    lab::Fd epoll_fd(epoll_create1(EPOLL_CLOEXEC));
-    if (!epoll_fd) lab::die("epoll_create1");
-    epoll_event event{};
-    event.events = EPOLLIN;
-    event.data.fd = listen_fd.get();
-    if (epoll_ctl(epoll_fd.get(), EPOLL_CTL_ADD, listen_fd.get(), &event) == -1) {
-        lab::die("epoll_ctl");
-    }
-    // END SOLUTION
-
-    const auto bound = lab::local_endpoint(listen_fd.get());
-    if (!bound) lab::die("getsockname");
-    lab::print_ready("tcp", *bound);
-    log("mode ", options.edge ? "et" : "lt", ", at most ", options.max_clients, " clients, ",
-        options.max_buffer, " bytes of pending echo each");
-
-    Server server(std::move(listen_fd), std::move(epoll_fd), options);
-    server.run(wait_mask);
-    return lab::kExitOk;
-}
