@@ -17,15 +17,16 @@ namespace addr {
 
 // An IPv4 literal ("127.0.0.1") or else an IPv6 one ("::1"), and a port, as the socket
 // address the kernel takes: sin_family or sin6_family, the address from inet_pton(), the
-// port through htons(). std::nullopt for anything else: nothing is looked up, so no text
-// ever becomes a DNS query. The Endpoint starts zeroed, as sin_zero must be.
+// port through htons() (9901 is 0x26ad: the bytes 26 ad go on the wire, high byte first).
+// std::nullopt for anything else: nothing is looked up, so no text ever becomes a DNS
+// query. A lab::Endpoint starts zeroed, as sin_zero must be.
 inline std::optional<lab::Endpoint> from_text(const std::string& host, std::uint16_t port) {
     // TASK 01.address
     lab::Endpoint address;
     auto* v4 = reinterpret_cast<sockaddr_in*>(&address.storage);
     if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
         v4->sin_family = AF_INET;
-        v4->sin_port = htons(port);  // 9901 is 0x26ad: the bytes 26 ad on the wire
+        v4->sin_port = htons(port);
         address.size = sizeof(sockaddr_in);
         return address;
     }

@@ -46,7 +46,7 @@ struct Exchange {
     std::string server_text;
     bool connected;
     double timeout;
-    std::vector<char> reply;
+    std::vector<char> reply = std::vector<char>(kBufferSize);  // one datagram, any size
 };
 
 void ask(Exchange& ex, std::string_view line);  // steps 4 and 5, after main
@@ -70,8 +70,7 @@ int main(int argc, char** argv) {
     // 1. socket(): no bind(); the first datagram sent gives it an ephemeral port.
     const lab::Fd sock(socket(server->family(), SOCK_DGRAM | SOCK_CLOEXEC, 0));
     if (!sock) lab::die("socket");
-    Exchange ex{sock.get(), *server, addr::to_text(*server),
-                connected,  timeout, std::vector<char>(kBufferSize)};
+    Exchange ex{sock.get(), *server, addr::to_text(*server), connected, timeout};
 
     // 2. --connect: connect() sends nothing on UDP. It fixes the one peer, so send() and
     //    recv() need no address, and the kernel drops datagrams from anyone else.
@@ -95,33 +94,32 @@ int main(int argc, char** argv) {
 
 namespace {
 
-// Sends `line` (without its '\n') as one datagram: send() on a connected socket, sendto()
-// to ex.server otherwise. Then waits at most ex.timeout seconds for the reply and prints
-// it with lab::print_payload(); an unconnected socket takes datagrams from anyone, so a
-// datagram from another address is skipped. Exits 1 when no reply comes in time or a call
-// fails (on a connected socket, recv() reports the ICMP "port unreachable" as
-// ECONNREFUSED). A stop signal ends the wait early.
+// 4. send() or sendto(): `line`, without its '\n', as one datagram, its boundaries kept;
+//    send() on a connected socket, sendto() to ex.server otherwise.
+// 5. recv() or recvfrom(): the reply, awaited at most ex.timeout seconds and printed with
+//    lab::print_payload(). An unconnected socket takes datagrams from anyone: one from
+//    another address is not the reply. No reply in time, or a failed call, exits 1 (on a
+//    connected socket recv() reports the ICMP "port unreachable" as ECONNREFUSED); a stop
+//    signal ends the wait early.
 void ask(Exchange& ex, std::string_view line) {
     // TASK 01.ask
-    // 4. send() or sendto(): one line, one datagram, its boundaries kept.
     const ssize_t sent = ex.connected ? send(ex.sock, line.data(), line.size(), 0)
                                       : sendto(ex.sock, line.data(), line.size(), 0,
                                                ex.server.addr(), ex.server.size);
     if (sent == -1) lab::die(ex.connected ? "send" : "sendto", ex.server_text);
 
-    // 5. recv() or recvfrom(): the reply, but no later than the deadline.
     using Clock = std::chrono::steady_clock;
     const auto deadline = Clock::now() + std::chrono::duration<double>(ex.timeout);
     for (;;) {
         const std::chrono::duration<double> left = deadline - Clock::now();
         if (!lab::wait_readable(ex.sock, left.count())) break;  // timed out, or stopped
-        lab::Endpoint from;  // who sent it: recvfrom() says, recv() does not
+        lab::Endpoint from;
         const ssize_t n = ex.connected ? recv(ex.sock, ex.reply.data(), ex.reply.size(), 0)
                                        : recvfrom(ex.sock, ex.reply.data(), ex.reply.size(), 0,
                                                   from.addr(), &from.size);
-        if (n == -1 && errno == EINTR) continue;  // wait_readable() looks at the stop flag
+        if (n == -1 && errno == EINTR) continue;
         if (n == -1) lab::die(ex.connected ? "recv" : "recvfrom", ex.server_text);
-        if (!ex.connected && from != ex.server) continue;  // not the server: not our reply
+        if (!ex.connected && from != ex.server) continue;
         lab::print_payload({ex.reply.data(), static_cast<std::size_t>(n)});
         return;
     }

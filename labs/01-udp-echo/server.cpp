@@ -65,23 +65,24 @@ int main(int argc, char** argv) {
     if (getsockname(sock.get(), bound.addr(), &bound.size) == -1) lab::die("getsockname");
     lab::print_ready("udp", addr::to_text(bound));
 
-    // 3. recvfrom() and sendto(): one datagram in, the same bytes back out, until a stop
-    //    signal. The flag is checked each time round, before the next blocking call.
+    // 3. recvfrom() and sendto(): one datagram in, the same bytes back out. recvfrom()
+    //    also fills in who sent it, the only address a reply can go to. A datagram may be
+    //    empty: in UDP that is a message, not an end. A failed call concerns one datagram
+    //    (logged; the loop goes on), and EINTR goes back to the loop's test, which looks
+    //    at the stop flag each time round, before the next blocking call.
     std::vector<char> buffer(kBufferSize);
     while (!lab::stop_requested()) {
         // TASK 01.echo
-        lab::Endpoint peer;  // recvfrom() fills it in: who sent this datagram
+        lab::Endpoint peer;
         const ssize_t n =
             recvfrom(sock.get(), buffer.data(), buffer.size(), 0, peer.addr(), &peer.size);
         if (n == -1) {
             if (errno != EINTR) lab::warn("recvfrom", addr::to_text(bound));
-            continue;  // back to the loop's test, which looks at the stop flag
+            continue;
         }
-        // n may be 0: an empty datagram is a message in UDP, not the end of anything.
         log("from ", addr::to_text(peer), ": ", n, " bytes");
         if (sendto(sock.get(), buffer.data(), static_cast<std::size_t>(n), 0, peer.addr(),
                    peer.size) == -1) {
-            // One client's trouble, not the server's: logged, and the loop goes on.
             log("sendto ", addr::to_text(peer), ": ", std::strerror(errno));
         }
         // END TASK
