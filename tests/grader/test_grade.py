@@ -39,7 +39,7 @@ def other_lab():
     pytest.skip("needs a second built lab besides 01")
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def lab01_built():
     if not built(LAB):
         pytest.skip("lab 01 is not built in %s" % BIN)
@@ -92,7 +92,7 @@ def leftovers():
     return sandbox.processes_of_uids(range(sandbox.SLOT_BASE, sandbox.SLOT_BASE + 2 * sandbox.SLOTS))
 
 
-def test_grading_finds_what_the_tests_find_run_directly(tmp_path):
+def test_grading_finds_what_the_tests_find_run_directly(tmp_path, lab01_built):
     labs, doc, out = grade(tmp_path, BIN, "01")
     direct = direct_failures(tmp_path, LAB)
     assert failed_names(labs[LAB]) == direct, out
@@ -103,7 +103,7 @@ def test_grading_finds_what_the_tests_find_run_directly(tmp_path):
     assert '<testsuite name="01-udp-echo"' in junit
 
 
-def test_a_server_that_exits_at_once_costs_only_its_lab(tmp_path):
+def test_a_server_that_exits_at_once_costs_only_its_lab(tmp_path, lab01_built):
     other = other_lab()
     reference, _, _ = grade(tmp_path, BIN, other[:2])
     fake = fake_build(tmp_path, {LAB + "/server": "#!/bin/sh\nexit 0\n"})
@@ -117,7 +117,7 @@ def test_a_server_that_exits_at_once_costs_only_its_lab(tmp_path):
 
 
 @needs_sandbox
-def test_a_lab_stopped_at_its_time_limit_keeps_the_tests_that_passed(tmp_path):
+def test_a_lab_stopped_at_its_time_limit_keeps_the_tests_that_passed(tmp_path, lab01_built):
     # The first four server starts are the real server; the fifth hangs without a ready
     # line, longer than the lab's time limit.
     script = ('#!/bin/sh\nn=$(cat /tmp/starts 2>/dev/null || echo 0)\n'
@@ -136,7 +136,7 @@ def test_a_lab_stopped_at_its_time_limit_keeps_the_tests_that_passed(tmp_path):
 
 
 @needs_sandbox
-def test_a_hang_is_stopped_in_bounded_time_and_nothing_is_left(tmp_path):
+def test_a_hang_is_stopped_in_bounded_time_and_nothing_is_left(tmp_path, lab01_built):
     script = "#!/bin/sh\nsetsid sleep 600 </dev/null >/dev/null 2>&1 &\nexec sleep 600\n"
     fake = fake_build(tmp_path, {LAB + "/server": script})
     import time
@@ -156,7 +156,7 @@ def test_an_empty_build_scores_0(tmp_path):
     assert all("is not built" in lab["reason"] for lab in labs.values()), out
 
 
-def test_without_the_sandbox_too(tmp_path):
+def test_without_the_sandbox_too(tmp_path, lab01_built):
     labs, doc, out = grade(tmp_path, BIN, "01", "--no-sandbox")
     assert "not sandboxed" in out
     assert labs[LAB]["passed"] > 10
@@ -176,7 +176,7 @@ def test_bad_arguments_exit_2(argv):
 WEIGHTS = REPO / "tests" / "weights.toml"
 
 
-def tests_of(outcomes):
+def records(outcomes):
     """[(name, markers, outcome)] -> the grader's test records."""
     return [{"name": n, "nodeid": "t.py::" + n, "markers": m, "outcome": o} for n, m, o in outcomes]
 
@@ -197,8 +197,8 @@ def test_passing_everything_gives_exactly_the_maximum_whatever_the_weights(tmp_p
         text = re.sub(r'(name = "%s".*?\npoints = )[\d.]+' % name, r"\g<1>%g" % value, text, flags=re.S)
     (tmp_path / "w.toml").write_text(text)
     w = Weights(tmp_path / "w.toml")
-    assert score(tests_of(SAMPLE), lab_points, w) == lab_points
-    worth = values(tests_of(SAMPLE), lab_points, w)
+    assert score(records(SAMPLE), lab_points, w) == lab_points
+    worth = values(records(SAMPLE), lab_points, w)
     assert sum(worth.values()) == lab_points and "t.py::test_needs_root" not in worth
 
 
@@ -207,15 +207,15 @@ def test_the_fault_sweep_is_credited_per_fault():
     one_lost = [(n, m, "failed" if n == "test_fault_sweep[garbage]" else o) for n, m, o in SAMPLE]
     faults = [g for g in w.groups if g["name"] == "faults"][0]["points"]
     total = sum(g["points"] for g in w.groups if g.get("scored", True))
-    assert score(tests_of(one_lost), 100, w) == pytest.approx(100 - 100 * faults / total / 3)
+    assert score(records(one_lost), 100, w) == pytest.approx(100 - 100 * faults / total / 3)
 
 
 def test_tests_of_the_instructors_tree_and_given_code_count_for_no_one():
     w = Weights(WEIGHTS)
     assert "test_handout_*" in w.ungraded_patterns()
-    tests = tests_of(SAMPLE + [("test_handout_has_every_section", [], "failed")])
+    tests = records(SAMPLE + [("test_handout_has_every_section", [], "failed")])
     assert score(tests, 100, w) == 100
-    tests = tests_of([("test_help", [], "passed"), ("test_echo", [], "failed")])
+    tests = records([("test_help", [], "passed"), ("test_echo", [], "failed")])
     tests[0]["given"] = True  # the untouched kit passes it
     assert score(tests, 100, w) == 0
 
