@@ -110,10 +110,9 @@ def strip_excerpts(text: str, secret_of, default_dir: str, task_of) -> str:
     def replace(m):
         info, body = m.group(1), m.group(2)
         f = re.search(r"\bfile=(\S+)", info)
-        if not f:
-            return m.group(0)
-        name = f.group(1)
-        key = name if "/" in name else "%s/%s" % (default_dir, name)
+        name = f.group(1) if f else None  # without file=: checked against every lab
+        key = (name if "/" in name else "%s/%s" % (default_dir, name)) if name else \
+            ("%s/" % default_dir if default_dir.startswith("labs/") else None)
         secret = secret_of(key)
         hits = [significant(l) for l in body.split("\n")
                 if distinctive(l) and significant(l) in secret]
@@ -121,6 +120,7 @@ def strip_excerpts(text: str, secret_of, default_dir: str, task_of) -> str:
             return m.group(0)
         tasks = sorted({task_of(key, h) for h in hits} - {None})
         what = ", ".join("**%s**" % t for t in tasks) or "a task"
+        where = "`%s`" % name.split("/")[-1] if name else "the lab's sources"
         return ('*(In the student kit this excerpt is yours to write: %s in "Your turn" '
-                'below, and the `TODO(...)` comments in `%s`.)*' % (what, name.split("/")[-1]))
+                'below, and the `TODO(...)` comments in %s.)*' % (what, where))
     return EXCERPT.sub(replace, text)

@@ -14,6 +14,8 @@ import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+GRADER_FILES = ("scripts/grade", "scripts/grading/", "scripts/student-kit",
+                "scripts/gradescope/", "tests/weights.toml")
 OLD_BEGIN = re.compile(r"^(\s*)// BEGIN SOLUTION:\s*(.*)$")
 OLD_MORE = re.compile(r"^\s*//\s{2,}(\S.*)$")
 OLD_STUB = re.compile(r"^(\s*)// STUB: ?(.*)$")
@@ -72,11 +74,19 @@ def convert_source(text: str, num: str, start: int):
 
 def instructor_tree(dest: Path, labs=("01", "03"), source: Path = REPO) -> Path:
     """A copy of the checkout's tracked files at dest, with `labs` in the TASK format."""
+    # GRADER_TEST_SOURCE: take the labs, common/ and the tests from another tree (a
+    # snapshot), and the grader itself from this checkout.
     source = Path(os.environ.get("GRADER_TEST_SOURCE") or source)
     for f in tracked(source):
         target = dest / f
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / f, target)
+    if source != REPO:
+        for f in tracked(REPO):
+            if f.startswith(GRADER_FILES):
+                target = dest / f
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / f, target)
     for lab_dir in sorted((dest / "labs").iterdir()):
         num = lab_dir.name[:2]
         if num not in labs:
