@@ -98,10 +98,19 @@ def significant(line: str) -> str:
     return line.strip()
 
 
+COMMON_WORDS = {"auto", "bool", "break", "case", "char", "const", "constexpr", "continue",
+                "default", "else", "errno", "false", "long", "nullptr", "return", "size_t",
+                "sizeof", "ssize_t", "static_cast", "switch", "true", "unsigned", "void", "while"}
+
+
 def distinctive(line: str) -> bool:
-    """Lines worth hiding: not braces, keywords, comments or blank lines."""
+    """Lines worth hiding: not braces, comments, blank lines, nor lines made only of
+    keywords and short names (`if (n == -1) {` is in every program, and no solution)."""
     s = line.strip()
-    return len(s) >= 12 and not s.startswith("//")
+    if len(s) < 12 or s.startswith("//"):
+        return False
+    words = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", s.split("//", 1)[0])
+    return any(len(w) >= 4 and w not in COMMON_WORDS for w in words)
 
 
 def strip_excerpts(text: str, secret_of, default_dir: str, task_of) -> str:

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 import trees  # noqa: E402
 from grading import sandbox  # noqa: E402
+from grading.kit import distinctive  # noqa: E402
 
 LABS = ("01", "03")
 TASK = re.compile(r"^\s*// TASK (\d\d\.[a-z0-9-]+)\s*$")
@@ -66,19 +67,31 @@ def regions(tree, num):
                 tasks[current] = []
             elif END.match(line):
                 current = None
+            elif line.strip().startswith("// KIT:"):
+                outside.add(line.strip()[len("// KIT:"):].strip())  # the kit has it
             elif current:
-                if not line.strip().startswith("// KIT:"):
-                    tasks[current].append(line.strip())
+                tasks[current].append(line.strip())
             else:
                 outside.add(line.strip())
     return tasks, outside
 
 
 def secret_lines(tree, num):
+    """Lines of the lab's tasks that neither its given code (nor that of an earlier lab of
+    the kit), common/, nor the tools every kit carries (tests/, scripts/) also have."""
     tasks, outside = regions(tree, num)
-    common = {l.strip() for p in (tree / "common").glob("*.[ch]pp") for l in p.read_text().split("\n")}
-    return {l for lines in tasks.values() for l in lines
-            if len(l) >= 12 and not l.startswith("//")} - outside - common
+    for earlier in LABS:
+        if earlier < num:
+            outside |= regions(tree, earlier)[1]
+    public = set()
+    for part in ("common", "tests/load", "tests/unit", "tests/e2e", "scripts"):
+        for p in (tree / part).rglob("*"):
+            if p.is_file() and p.suffix in (".cpp", ".hpp", ".py", ""):
+                try:
+                    public |= {l.strip() for l in p.read_text().split("\n")}
+                except UnicodeDecodeError:
+                    pass
+    return {l for lines in tasks.values() for l in lines if distinctive(l)} - outside - public
 
 
 def text_files(root):

@@ -65,7 +65,12 @@ def convert_source(text: str, num: str, start: int):
         out.append("%s// TASK %s" % (indent, task))
         while i < len(lines) and not OLD_END.match(lines[i]):
             s = OLD_STUB.match(lines[i])
-            out.append("%s// KIT: %s" % (s.group(1), s.group(2)) if s else lines[i])
+            if s:  # the stub's message becomes the task's id
+                code = re.sub(r'lab::(?:not_implemented|todo)(<[^>]*>)?\("[^"]*"\)',
+                              lambda m: 'lab::todo%s("%s")' % (m.group(1) or "", task), s.group(2))
+                out.append("%s// KIT: %s" % (s.group(1), code))
+            else:
+                out.append(lines[i])
             i += 1
         out.append("%s// END TASK" % indent)
         i += 1
