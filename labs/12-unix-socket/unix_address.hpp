@@ -1,76 +1,64 @@
-// unix_address.hpp - the address options both programs of lab 12 share, and the one
-// careful step the source notes skip: building a sockaddr_un without overflowing it.
-//
-// A Unix socket address is a family and a name. The name is either a path in the
-// filesystem ("/tmp/lab12.sock") or, on Linux only, an abstract name: a leading NUL byte
-// and then bytes that live in the kernel and never appear as a file ("@lab12" in output).
+// unix_address.hpp - what both programs of lab 12 share: the options that name the
+// server's socket, and the step the notes get wrong, filling a sockaddr_un safely.
 #pragma once
 
-#include <sys/socket.h>
 #include <sys/un.h>
 
 #include <cstddef>
 #include <cstring>
 #include <string>
-#include <string_view>
 
 #include "common/args.hpp"
-#include "common/endpoint.hpp"
+#include "common/error.hpp"
 
 namespace lab12 {
 
-constexpr const char* kDefaultPath = "./lab12.sock";
-// sun_path is a fixed 108-byte array on Linux. A path name needs its terminating NUL in
-// it; an abstract name needs its leading NUL. Either way 107 bytes of name fit.
+// sun_path is 108 bytes on Linux. A path needs its terminating NUL in it, an abstract name
+// its leading NUL: either way at most 107 bytes of name.
 constexpr std::size_t kMaxNameBytes = sizeof(sockaddr_un::sun_path) - 1;
 
-// What --path, --abstract and --dgram asked for.
-struct Where {
-    std::string path = kDefaultPath;
-    std::string abstract_name;  // non-empty: use the abstract namespace instead of path
-    bool dgram = false;         // SOCK_DGRAM instead of SOCK_STREAM
-
-    [[nodiscard]] int type() const noexcept { return dgram ? SOCK_DGRAM : SOCK_STREAM; }
-    [[nodiscard]] bool abstract() const noexcept { return !abstract_name.empty(); }
-};
-
-inline void add_address_options(lab::Args& args, Where* where) {
-    args.option("--path", &where->path);
-    args.option("--abstract", &where->abstract_name);
-    args.flag("--dgram", &where->dgram);
-}
-
-// Fills *out with the address for `name`. Returns "" on success, else the reason it does
-// not fit: the notes' strcpy() into sun_path would overflow it instead.
-inline std::string make_unix_address(std::string_view name, bool abstract, lab::Endpoint* out) {
-    if (name.empty()) return abstract ? "empty abstract name" : "empty socket path";
+// Puts the address of `name` in *out: a path, or with `abstract` a Linux abstract name
+// (a NUL, then the name: no file). Returns "" if it fits in sun_path, else why not, never
+// truncating. The length must cover the name exactly: the kernel reads a path up to its
+// NUL, but takes every byte the length covers as part of an abstract name.
+inline std::string make_unix_address(const std::string& name, bool abstract, lab::Endpoint* out) {
+    // TASK 12.address
+    // KIT: return lab::todo<std::string>("12.address");
     if (name.size() > kMaxNameBytes) {
         return (abstract ? "abstract name is " : "socket path is ") + std::to_string(name.size()) +
                " bytes; sun_path holds at most " + std::to_string(kMaxNameBytes);
     }
-    sockaddr_un un{};  // zeroed: a path name's terminating NUL is already there
+    sockaddr_un un{};
     un.sun_family = AF_UNIX;
-    const std::size_t lead = abstract ? 1 : 0;  // the abstract namespace's leading NUL
-    std::memcpy(un.sun_path + lead, name.data(), name.size());
-    // The length says where the name ends. A path ends at its NUL, counted here; an
-    // abstract name has no terminator, so every byte the length covers is part of it.
-    const std::size_t size = offsetof(sockaddr_un, sun_path) + lead + name.size() + (1 - lead);
+    std::memcpy(un.sun_path + (abstract ? 1 : 0), name.data(), name.size());
     std::memcpy(&out->storage, &un, sizeof un);
-    out->size = static_cast<socklen_t>(size);
+    out->size = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
     return "";
+    // END TASK
 }
 
-// The address the command line names; a bad one is a usage error (exit 2).
-inline lab::Endpoint address_from(const lab::Args& args, const Where& where) {
-    if (args.given("--path") && args.given("--abstract")) {
-        args.usage_error("give --path or --abstract, not both");
-    }
-    if (args.given("--abstract") && !where.abstract()) args.usage_error("empty abstract name");
+// --path PATH, --abstract NAME and --dgram: parse() adds them to the program's options,
+// parses the command line, and fills in `address`, or exits 2 with the usage.
+struct Where {
+    std::string path = "./lab12.sock";
+    std::string abstract_name;
+    bool abstract = false;  // --abstract: a name in the kernel instead of a file
+    bool dgram = false;     // SOCK_DGRAM instead of SOCK_STREAM
     lab::Endpoint address;
-    const std::string& name = where.abstract() ? where.abstract_name : where.path;
-    const std::string problem = make_unix_address(name, where.abstract(), &address);
-    if (!problem.empty()) args.usage_error(problem);
-    return address;
-}
+
+    [[nodiscard]] int type() const noexcept { return dgram ? SOCK_DGRAM : SOCK_STREAM; }
+    void parse(lab::Args& args, int argc, char** argv) {
+        args.option("--path", &path);
+        args.option("--abstract", &abstract_name);
+        args.flag("--dgram", &dgram);
+        args.parse(argc, argv);
+        abstract = args.given("--abstract");
+        if (abstract && args.given("--path")) args.usage_error("give --path or --abstract");
+        const std::string& name = abstract ? abstract_name : path;
+        if (name.empty()) args.usage_error(abstract ? "empty abstract name" : "empty path");
+        const std::string problem = make_unix_address(name, abstract, &address);
+        if (!problem.empty()) args.usage_error(problem);
+    }
+};
 
 }  // namespace lab12
