@@ -1,18 +1,19 @@
 // 02-udp-chat client: joins the relay, then does two things at once: sends each line of
-// standard input as one datagram, and prints every datagram the server sends.
+// standard input as one datagram, and shows every datagram the server sends.
 //
-// Source 004's client forks so that one process can block in recvfrom() while the other
-// blocks reading the keyboard. Here a single process waits on both descriptors with
-// poll() and handles whichever is ready: one owner of the socket, one place that exits,
-// and no child left running when the parent ends.
+// Note 004's client forks, so that one process can block in recvfrom() while the other
+// blocks reading the keyboard. This one waits on both descriptors with poll() and handles
+// whichever is ready: one process, one owner of the socket, one place to exit. What the
+// others wrote is shown escaped (lab::escape), so that their bytes cannot move the cursor,
+// clear the screen or retitle the window of whoever reads them.
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
-#include <cstdio>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -29,145 +30,75 @@ namespace {
 
 constexpr std::uint16_t kDefaultPort = 9902;
 constexpr std::size_t kBufferSize = 65536;  // larger than any UDP payload
+constexpr double kDefaultTimeout = 2;       // seconds, for each answer while joining
+constexpr double kDefaultKeepalive = 20;    // seconds: a third of the server's idle timeout
+constexpr std::string_view kChallenge = "* /join ";  // "send back /join COOKIE"
 
 constexpr const char* kUsage =
     R"(usage: client [--host ADDR] [--port N] [--timeout SECONDS] [--keepalive SECONDS]
        client [HOST [PORT]]
-UDP chat client: joins the relay, sends each line of stdin, prints what others say.
+UDP chat client: joins the relay, sends each line of stdin, shows what others say.
   -H, --host ADDR          server address (default 127.0.0.1)
   -p, --port N             server port (default 9902)
-      --timeout SECONDS    how long to wait for the welcome (default 2)
-      --keepalive SECONDS  send an empty datagram after this long without sending,
-                           so the server does not forget us (default 60; 0: never)
+      --timeout SECONDS    how long to wait for each answer while joining (default 2)
+      --keepalive SECONDS  send an empty datagram after this long without sending, so
+                           that the server does not forget us (default 20; keep it
+                           below the server's --idle-timeout, 60 by default)
       --help               this text
-End of input sends /quit. Lines starting with / are commands: /nick NAME, /who, /quit.
+Lines starting with / are commands: /nick NAME, /who, /quit. End of input sends /quit.
+What others send is shown with control bytes escaped (\x1b, \r, \t ...).
 )";
 
 using Clock = std::chrono::steady_clock;
 
-Clock::duration seconds(double value) {
-    return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(value));
-}
-
-std::string seconds_text(double value) {
-    char text[32];
-    std::snprintf(text, sizeof text, "%gs", value);
-    return text;
-}
-
-// poll()'s timeout in milliseconds until `deadline`; -1 (no limit) without one.
-int ms_until(std::optional<Clock::time_point> deadline) {
-    if (!deadline) return -1;
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline - Clock::now());
-    return left.count() < 0 ? 0 : static_cast<int>(left.count());
-}
-
-// One datagram as a line: the server ends each with '\n', print_payload adds its own.
-std::string_view without_newline(const std::vector<char>& buffer, ssize_t n) {
-    std::string_view bytes(buffer.data(), static_cast<std::size_t>(n));
-    if (bytes.ends_with('\n')) bytes.remove_suffix(1);
-    return bytes;
-}
-
-// recv() on the connected socket. ECONNREFUSED is the kernel passing on an ICMP "port
-// unreachable": no server is (any longer) listening there.
-ssize_t receive(int sock, std::vector<char>& buffer, const std::string& server_text) {
-    for (;;) {
-        const ssize_t n = recv(sock, buffer.data(), buffer.size(), 0);
-        if (n >= 0) return n;
-        if (errno != EINTR) lab::die("recv", server_text);
-    }
-}
-
-// One line, one datagram. A line too long for UDP (EMSGSIZE) is reported and skipped.
-void send_line(int sock, std::string_view line, const std::string& server_text) {
-    if (send(sock, line.data(), line.size(), 0) == -1) {
-        if (errno == ECONNREFUSED) lab::die("send", server_text);
-        lab::warn("send", server_text);
-    }
-}
-
-// Waits for the answer to /join. UDP gives no other sign that a server is there.
-void wait_for_welcome(int sock, std::vector<char>& buffer, const std::string& server_text,
-                      double timeout) {
-    const auto deadline = Clock::now() + seconds(timeout);
-    while (!lab::stop_requested()) {
-        pollfd ready{sock, POLLIN, 0};
-        const int n_ready = poll(&ready, 1, ms_until(deadline));
-        if (n_ready == -1 && errno != EINTR) lab::die("poll");
-        if (n_ready == 0) {
-            lab::fatal("no welcome from " + server_text + " within " + seconds_text(timeout));
-        }
-        if (n_ready != 1) continue;
-        const std::string_view reply = without_newline(buffer, receive(sock, buffer, server_text));
-        if (!reply.starts_with("* welcome ")) {
-            lab::fatal("not welcome at " + server_text + ": " + std::string(reply));
-        }
-        const auto local = lab::local_endpoint(sock);
-        if (!local) lab::die("getsockname");
-        lab::print_ready("udp", *local);  // our own address, as the server sees it
-        lab::print_payload(reply);
-        return;
-    }
-}
+bool join(int sock, std::vector<char>& buffer, const std::string& server_text, double timeout);
+void show(int sock, std::vector<char>& buffer, const std::string& server_text);
+void send_line(int sock, std::string_view line, const std::string& server_text);
 
 }  // namespace
 
 int main(int argc, char** argv) {
-    double timeout = 2.0;
-    double keepalive = 60.0;
+    double timeout = kDefaultTimeout;
+    double keepalive = kDefaultKeepalive;
     lab::Args args(kUsage);
     args.host_port("127.0.0.1", kDefaultPort, lab::Positionals::kHostPort);
     args.seconds("--timeout", &timeout);
     args.seconds("--keepalive", &keepalive);
     args.parse(argc, argv);
-    const lab::Endpoint server = args.endpoint(SOCK_DGRAM);
+    const lab::Endpoint server = args.endpoint(SOCK_DGRAM);  // by hand in lab 01
     const std::string server_text = lab::format_address(server);
+    lab::handle_signals();  // a stop signal interrupts poll() with EINTR, as in lab 01
 
-    lab::handle_signals();
-
-    // 1. socket() and 2. connect(): no packet is sent, but the kernel now picks our local
-    //    address and port, drops datagrams from anyone but the server, and reports the
-    //    ICMP error if nothing listens there.
-    // BEGIN SOLUTION: connect the socket to the server: socket() (server.family(),
-    //   SOCK_DGRAM), then connect() it to `server`; on a failure call
-    //   lab::die("socket"/"connect", server_text)
-    // STUB: const lab::Fd sock = lab::todo<lab::Fd>("lab 02: socket() and connect()");
+    // 1. socket() and 2. connect(): no packet is sent, but the kernel picks our address
+    //    and port now, drops datagrams from anyone but the server, and passes on the ICMP
+    //    error if nothing listens there (lab 01's --connect).
     const lab::Fd sock(socket(server.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0));
     if (!sock) lab::die("socket");
-    if (connect(sock.get(), server.addr(), server.size) == -1) {
-        lab::die("connect", server_text);
-    }
-    // END SOLUTION
+    if (connect(sock.get(), server.addr(), server.size) == -1) lab::die("connect", server_text);
 
-    // 3. send() /join, and wait for the welcome before saying we are ready.
+    // 3. Join: prove that we receive at this address, and wait for the welcome.
     std::vector<char> buffer(kBufferSize);
-    send_line(sock.get(), "/join", server_text);
-    wait_for_welcome(sock.get(), buffer, server_text, timeout);
+    if (!join(sock.get(), buffer, server_text, timeout)) return lab::kExitOk;  // stopped
 
-    // BEGIN SOLUTION: poll() stdin and the socket together, until end of input or a stop
-    //   signal. Socket readable: receive() the datagram into `buffer` and print it with
-    //   lab::print_payload(without_newline(...)). Stdin readable: fill() a lab::LineReader
-    //   on STDIN_FILENO once, then send_line() each complete line its next() returns.
-    //   Keepalive: when nothing was sent for `keepalive` seconds (if > 0; ms_until() gives
-    //   poll() its timeout), send_line() an empty line
-    // 4. poll() on standard input and the socket together: whichever is ready goes first.
+    // 4. poll() on standard input and the socket together, and handle whichever is ready:
+    //    lines from the others appear while we type. poll()'s timeout is the keepalive:
+    //    after --keepalive seconds without sending, an empty datagram says "still here".
+    //    A stop signal interrupts poll() (EINTR), and the loop's test sees it.
     lab::LineReader input(STDIN_FILENO);
-    std::vector<pollfd> watched{{STDIN_FILENO, POLLIN, 0}, {sock.get(), POLLIN, 0}};
+    std::array<pollfd, 2> watched{{{STDIN_FILENO, POLLIN, 0}, {sock.get(), POLLIN, 0}}};
     auto last_sent = Clock::now();
     while (!lab::stop_requested() && !input.eof()) {
-        const auto next_keepalive =
-            keepalive > 0 ? std::optional(last_sent + seconds(keepalive)) : std::nullopt;
-        const int n_ready = poll(watched.data(), watched.size(), ms_until(next_keepalive));
+        // TASK 02.watch
+        const std::chrono::duration<double> quiet = Clock::now() - last_sent;
+        const int n_ready =
+            poll(watched.data(), watched.size(), lab::to_milliseconds(keepalive - quiet.count()));
         if (n_ready == -1 && errno != EINTR) lab::die("poll");
-        if (n_ready == 0) {  // quiet for a while: an empty datagram says we are still here
+        if (n_ready == 0) {
             send_line(sock.get(), "", server_text);
             last_sent = Clock::now();
         }
         if (n_ready <= 0) continue;
-        if (watched[1].revents != 0) {
-            lab::print_payload(without_newline(buffer, receive(sock.get(), buffer, server_text)));
-        }
+        if (watched[1].revents != 0) show(sock.get(), buffer, server_text);
         if (watched[0].revents != 0) {
             if (input.fill() == -1 && errno != EINTR) lab::die("read", "stdin");
             while (auto line = input.next()) {
@@ -175,10 +106,81 @@ int main(int argc, char** argv) {
             }
             last_sent = Clock::now();
         }
+        // END TASK
     }
-    // END SOLUTION
 
     // 5. Say goodbye, so the others hear of it now and not after the idle timeout.
     send_line(sock.get(), "/quit", server_text);
     return lab::kExitOk;
 }
+
+namespace {
+
+// recv() one datagram, without the '\n' the server ends each with. MSG_DONTWAIT: it is
+// called when poll() said the socket is readable, and must never block. ECONNREFUSED is
+// the ICMP "port unreachable" passed on: nothing (any longer) listens at the server's
+// address, and the client ends.
+std::optional<std::string_view> receive(int sock, std::vector<char>& buffer,
+                                        const std::string& server_text) {
+    const ssize_t n = recv(sock, buffer.data(), buffer.size(), MSG_DONTWAIT);
+    if (n == -1 && (errno == EINTR || errno == EAGAIN)) return std::nullopt;
+    if (n == -1) lab::die("recv", server_text);
+    std::string_view datagram(buffer.data(), static_cast<std::size_t>(n));
+    if (datagram.ends_with('\n')) datagram.remove_suffix(1);
+    return datagram;
+}
+
+// Joins the room. Sends "/join"; the server answers an address it does not know with the
+// line to send back, "* /join COOKIE", which reaches us only if we do receive at this
+// address. Sent back, it brings "* welcome ADDR, N online" (or "* server busy", which ends
+// the client). UDP gives no other sign that a server is there, so each answer is awaited
+// at most `timeout` seconds. Prints the ready line, with our own address, and the welcome.
+// Returns false if a stop signal ended the wait.
+bool join(int sock, std::vector<char>& buffer, const std::string& server_text, double timeout) {
+    // TASK 02.join
+    send_line(sock, "/join", server_text);
+    while (lab::wait_readable(sock, timeout)) {
+        const auto answer = receive(sock, buffer, server_text);
+        if (!answer) continue;
+        if (answer->starts_with(kChallenge)) {
+            send_line(sock, answer->substr(2), server_text);
+            continue;
+        }
+        if (!answer->starts_with("* welcome ")) {
+            lab::fatal("not welcome at " + server_text + ": " + std::string(*answer));
+        }
+        const auto local = lab::local_endpoint(sock);
+        if (!local) lab::die("getsockname");
+        lab::print_ready("udp", *local);
+        lab::print_payload(lab::escape(*answer));
+        return true;
+    }
+    if (lab::stop_requested()) return false;
+    lab::fatal("no welcome from " + server_text + " within " + lab::seconds_text(timeout));
+    // END TASK
+}
+
+// Shows one datagram from the server, escaped: the ESC, CR or BEL that someone put in a
+// line appear as \x1b, \r, \x07 instead of acting on the terminal; UTF-8 text (Chinese
+// names, say) passes as it is. A challenge means the server has forgotten us (we were
+// idle, or it restarted): answering it brings us back in, and the welcome is shown.
+void show(int sock, std::vector<char>& buffer, const std::string& server_text) {
+    const auto datagram = receive(sock, buffer, server_text);
+    if (!datagram) return;
+    if (datagram->starts_with(kChallenge)) {
+        send_line(sock, datagram->substr(2), server_text);
+    } else {
+        lab::print_payload(lab::escape(*datagram));
+    }
+}
+
+// One line, one datagram. A line too long for UDP (EMSGSIZE) is reported and skipped;
+// ECONNREFUSED, an ICMP error for an earlier datagram, means there is no server: the end.
+void send_line(int sock, std::string_view line, const std::string& server_text) {
+    if (send(sock, line.data(), line.size(), 0) == -1) {
+        if (errno == ECONNREFUSED) lab::die("send", server_text);
+        lab::warn("send", server_text);
+    }
+}
+
+}  // namespace

@@ -1,10 +1,12 @@
 // Fuzzes lab 02's relay logic (chat::Room) without a socket: the input is a script of
 // datagrams from a few senders at advancing times. Whatever arrives, the room never
-// crashes, never sends a line that holds a newline before its end, and never holds more
-// clients than its limit.
+// crashes, never sends a line that holds a newline before its end, never holds more
+// members than its limit, and never sends an address that has not proved it receives
+// more than three times the bytes that address sent (the anti-amplification rule).
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <set>
 #include <string>
 #include <string_view>
 
@@ -20,28 +22,40 @@ lab::Endpoint sender(std::uint8_t which) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-    chat::Limits limits;
-    limits.max_clients = 4;
-    limits.max_message = 64;
-    limits.rate = 5;
-    limits.idle_timeout = std::chrono::seconds(3);
+    const chat::Limits limits{4, 64, 5, 3.0};  // members, bytes a line, rate, idle seconds
     chat::Room room(limits);
+    std::set<std::string> verified;  // addresses that were welcomed: they proved they receive
     auto now = chat::Clock::time_point{} + std::chrono::hours(1);
     std::size_t i = 0;
-    // Each record: [who][time step][length][bytes...]
+    // Each record: [who][time step][length][bytes...]; a first byte 0x01 stands for the
+    // sender's own "/join COOKIE", which the fuzzer cannot guess.
     while (i + 3 <= size) {
         const std::uint8_t who = data[i];
         now += std::chrono::milliseconds(data[i + 1] * 20);
         const std::size_t len = std::min<std::size_t>(data[i + 2], size - i - 3);
-        const std::string_view bytes(reinterpret_cast<const char*>(data + i + 3), len);
+        std::string bytes(reinterpret_cast<const char*>(data + i + 3), len);
         i += 3 + len;
         const lab::Endpoint from = sender(who);
-        const chat::Outcome out = (who & 0x80) ? room.expire(now) : room.receive(from, bytes, now);
+        const std::string from_text = lab::format_address(from);
+        if (bytes.starts_with('\x01')) bytes = "/join " + room.cookie(from);
+        chat::Outcome out;
+        if ((who & 0x80) != 0) {
+            room.expire(now, out);
+        } else {
+            room.receive(from, bytes, now, out);
+        }
+        std::size_t to_sender = 0;
         for (const chat::Send& s : out.sends) {
             const auto newline = s.bytes.find('\n');
             if (newline != std::string::npos && newline + 1 != s.bytes.size()) std::abort();
+            for (const lab::Endpoint& to : s.to) {
+                if (to == from) to_sender += s.bytes.size();
+                if (to == from && s.bytes.starts_with("* welcome ")) verified.insert(from_text);
+            }
         }
-        if (room.size() > limits.max_clients) std::abort();
+        const bool unverified = (who & 0x80) == 0 && !verified.contains(from_text);
+        if (unverified && to_sender > chat::kAmplification * bytes.size()) std::abort();
+        if (room.size() > static_cast<std::size_t>(limits.max_clients)) std::abort();
     }
     return 0;
 }
