@@ -1,20 +1,19 @@
-// 03-tcp-echo client, also the client of labs 04, 05, 07, 08 and 09: their servers differ,
-// the protocol does not. Each of those labs' client.cpp sets its default port and
-// includes this file.
-//
-// It sends each line of standard input with its newline and then reads until it has got
-// back as many bytes as it has sent. A stream has no message boundaries: one write() may
-// arrive as several read()s, or two writes as one read, so the client counts bytes
-// instead of trusting any single read.
+// 03-tcp-echo client: stop and wait. It sends a line of standard input, reads until the
+// line's echo is back, prints it, and only then sends the next: the baseline that lab 07's
+// select() client is measured against. A stream has no message boundaries, so it counts
+// bytes: one write() may come back as several read()s, or two as one.
+#include <netdb.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <csignal>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <memory>
 #include <string>
-#include <vector>
+#include <string_view>
 
 #include "common/args.hpp"
 #include "common/endpoint.hpp"
@@ -23,93 +22,167 @@
 #include "common/io.hpp"
 #include "common/signals.hpp"
 
-#ifndef LAB_DEFAULT_PORT
-#define LAB_DEFAULT_PORT 9903
-#endif
-
 namespace {
 
-constexpr std::uint16_t kDefaultPort = LAB_DEFAULT_PORT;
-// Bytes per read(): how much arrives at once is the network's business, not ours.
-constexpr std::size_t kBufferSize = 16384;
+constexpr std::uint16_t kDefaultPort = 9903;
+constexpr std::size_t kBufferSize = 16384;  // bytes per read(): the network decides the cuts
+constexpr double kDefaultTimeoutSeconds = 10;
 
-std::string usage() {
-    return "usage: client [--host ADDR] [--port N]\n"
-           "       client [HOST [PORT]]\n"
-           "TCP echo client: sends each line of stdin, prints what comes back.\n"
-           "  -H, --host ADDR   server address (default 127.0.0.1)\n"
-           "  -p, --port N      server port (default " +
-           std::to_string(kDefaultPort) +
-           ")\n"
-           "      --help        this text\n";
-}
+constexpr const char* kUsage =
+    R"(usage: client [--host ADDR] [--port N] [--timeout SECONDS]
+       client [HOST [PORT]]
+TCP echo client: sends each line of stdin, prints what comes back.
+  -H, --host ADDR        server address or name (default 127.0.0.1)
+  -p, --port N           server port (default 9903)
+      --timeout SECONDS  give up when the server sends nothing for this long (default 10)
+      --help             this text
+)";
+
+// getaddrinfo()'s list, handed back to freeaddrinfo() when it goes out of scope.
+using AddressList = std::unique_ptr<addrinfo, decltype(&freeaddrinfo)>;
+
+// The connection and what has gone through it, both ways, since it opened.
+struct Connection {
+    lab::Fd sock;
+    std::string where;  // the server's address, for messages
+    double timeout_seconds = kDefaultTimeoutSeconds;
+    unsigned long long sent = 0;
+    unsigned long long received = 0;
+};
+
+AddressList look_up(const lab::Args& args);
+bool pump(Connection& conn, std::string_view* unsent);
+[[noreturn]] void not_an_echo(const Connection& conn);
 
 }  // namespace
 
 int main(int argc, char** argv) {
-    lab::Args args(usage());
+    Connection conn;
+    lab::Args args(kUsage);
     args.host_port("127.0.0.1", kDefaultPort, lab::Positionals::kHostPort);
+    args.seconds("--timeout", &conn.timeout_seconds);
     args.parse(argc, argv);
-    const lab::Endpoint server = args.endpoint(SOCK_STREAM);
-    const std::string server_text = lab::format_address(server);
+    lab::handle_signals();  // SIGINT, SIGTERM: interrupt the blocking call, set the flag
 
-    std::signal(SIGPIPE, SIG_IGN);  // a vanished peer makes write() fail with EPIPE
+    // 1. getaddrinfo(): every address of the server; a name may have several (IPv4, IPv6).
+    const AddressList found = look_up(args);
 
-    // 1. socket() and 2. connect(): the three-way handshake happens here.
-    // BEGIN SOLUTION: connect to the server: socket() (server.family(), SOCK_STREAM) and
-    //   connect() it to `server`; on a failure call lab::die("socket"/"connect",
-    //   server_text)
-    // STUB: const lab::Fd sock = lab::todo<lab::Fd>("lab 03: socket() and connect()");
-    const lab::Fd sock(socket(server.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!sock) lab::die("socket");
-    // No retry on EINTR: an interrupted connect() goes on in the background, and calling
-    // it again fails with EALREADY. No handler is installed here, so it cannot happen.
-    if (connect(sock.get(), server.addr(), server.size) == -1) {
-        lab::die("connect", server_text);
+    // 2. socket() and connect() to each address in turn until one answers (UNP's
+    //    tcp_connect): "localhost" may be ::1 first, with the server on 127.0.0.1 only.
+    int err = 0;  // why the last connect() failed
+    // TASK 03.connect
+    for (const addrinfo* ai = found.get(); ai != nullptr && !conn.sock; ai = ai->ai_next) {
+        conn.where = lab::format_address(ai->ai_addr, ai->ai_addrlen);
+        lab::Fd fd(socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol));
+        if (!fd) lab::die("socket", conn.where);
+        if (connect(fd.get(), ai->ai_addr, ai->ai_addrlen) == 0) conn.sock = std::move(fd);
+        err = errno;
     }
-    // END SOLUTION
+    // END TASK
+    if (lab::stop_requested()) return lab::kExitFailure;  // EINTR: stopped while connecting
+    if (!conn.sock) lab::die("connect", conn.where, err);
 
-    // 3. Send a line, then read until the echo has caught up with what was sent. The
-    //    totals run over the whole connection, so bytes that arrive early or late are
-    //    never lost between lines.
+    // 3. Send a line, then read until its echo is back. The totals run over the whole
+    //    connection, so bytes that arrive early or late are never lost between lines.
     lab::LineReader input(STDIN_FILENO);
-    unsigned long long sent = 0;
-    unsigned long long received = 0;
-    std::vector<char> buffer(kBufferSize);
-    // Reads once and prints what came; false at end of stream.
-    const auto read_some = [&]() -> bool {
-        for (;;) {
-            const ssize_t n = read(sock.get(), buffer.data(), buffer.size());
-            if (n == -1 && errno == EINTR) continue;
-            if (n == -1) lab::die("read", server_text);
-            std::fwrite(buffer.data(), 1, static_cast<std::size_t>(n), stdout);
-            std::fflush(stdout);
-            received += static_cast<unsigned long long>(n);
-            return n > 0;
-        }
-    };
     while (auto line = input.read_line()) {
         line->push_back('\n');
-        if (!lab::write_all(sock.get(), *line)) lab::die("write", server_text);
-        sent += line->size();
-        while (received < sent) {
-            if (!read_some()) {
-                lab::fatal("connection closed by " + server_text + " after " +
-                           std::to_string(received) + " of " + std::to_string(sent) + " bytes");
+        conn.sent += line->size();
+        std::string_view unsent = *line;
+        while (!unsent.empty() || conn.received < conn.sent) {
+            if (!pump(conn, &unsent)) {
+                lab::fatal("connection closed by " + conn.where + " after " +
+                           std::to_string(conn.received) + " of " + std::to_string(conn.sent) +
+                           " bytes");
             }
         }
+        if (conn.received > conn.sent) not_an_echo(conn);
     }
+    if (lab::stop_requested()) return lab::kExitFailure;
     if (errno != 0) lab::die("read", "stdin");
 
-    // 4. shutdown(SHUT_WR): tell the server we are done (it reads end of stream), then
-    //    read until it closes too. An echo sends back exactly what it got: more bytes
-    //    than we sent is not an echo (a "server busy" refusal, say), and is an error.
-    shutdown(sock.get(), SHUT_WR);
-    while (read_some()) {
+    // 4. shutdown(SHUT_WR): no more lines (the server reads the end of the stream); then
+    //    read until the server closes too. An echo sends back exactly what it got: more
+    //    bytes than we sent is not an echo (a "server busy" refusal, say), and is an error.
+    shutdown(conn.sock.get(), SHUT_WR);
+    std::string_view nothing;
+    while (pump(conn, &nothing)) {
     }
-    if (received != sent) {
-        lab::fatal(server_text + " sent " + std::to_string(received) + " bytes for the " +
-                   std::to_string(sent) + " we sent: not an echo");
-    }
+    if (conn.received != conn.sent) not_an_echo(conn);
     return lab::kExitOk;
 }
+
+namespace {
+
+// One round of step 3: waits (poll) until the socket can take more of *unsent or has
+// bytes for us, then sends what it can take and prints what came. Reading while writing
+// is what makes a long line safe: a client that only wrote would block in write() as
+// soon as the server, blocked writing the echo we do not read, stops reading. send()
+// with MSG_DONTWAIT never blocks. False once the server has closed its side. Exits 1 when
+// nothing moves for --timeout seconds, or when a stop signal came.
+bool pump(Connection& conn, std::string_view* unsent) {
+    // TASK 03.pump
+    // KIT: return lab::todo<bool>("03.pump");
+    const short events = unsent->empty() ? POLLIN : POLLIN | POLLOUT;
+    pollfd ready{conn.sock.get(), events, 0};
+    const int n = poll(&ready, 1, lab::to_milliseconds(conn.timeout_seconds));
+    if (lab::stop_requested()) std::exit(lab::kExitFailure);
+    if (n == -1 && errno == EINTR) return true;  // not a stop signal: go round again
+    if (n == -1) lab::die("poll", conn.where);
+    if (n == 0) {
+        lab::fatal("read " + conn.where + ": no reply within " +
+                   lab::seconds_text(conn.timeout_seconds));
+    }
+    if ((ready.revents & POLLOUT) != 0) {
+        const ssize_t sent =
+            send(conn.sock.get(), unsent->data(), unsent->size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (sent == -1 && errno != EAGAIN && errno != EINTR) lab::die("write", conn.where);
+        if (sent > 0) unsent->remove_prefix(static_cast<std::size_t>(sent));
+    }
+    if ((ready.revents & (POLLIN | POLLHUP | POLLERR)) == 0) return true;
+    char buffer[kBufferSize];
+    const ssize_t got = read(conn.sock.get(), buffer, sizeof buffer);
+    if (got == -1 && errno == EINTR) return true;
+    if (got == -1) lab::die("read", conn.where);
+    std::fwrite(buffer, 1, static_cast<std::size_t>(got), stdout);  // exactly the payload
+    std::fflush(stdout);
+    conn.received += static_cast<unsigned long long>(got);
+    return got > 0;
+    // END TASK
+}
+
+// Answers a server that is no echo: it sent more bytes than it got ("server busy", say).
+void not_an_echo(const Connection& conn) {
+    lab::fatal(conn.where + " sent " + std::to_string(conn.received) + " bytes for the " +
+               std::to_string(conn.sent) + " we sent: not an echo");
+}
+
+// getaddrinfo() for --host: a numeric host is only ever parsed (AI_NUMERICHOST), so a
+// mistyped 999.1.1.1 never becomes a DNS query; only a name is looked up. A bad host is a
+// usage error (exit 2); a resolver that cannot answer is a failure (exit 1).
+AddressList look_up(const lab::Args& args) {
+    const std::string& host = args.host();
+    const std::string port = std::to_string(args.port());
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;      // IPv4 or IPv6, whichever the host is
+    hints.ai_socktype = SOCK_STREAM;  // TCP
+    hints.ai_flags = AI_NUMERICSERV | AI_NUMERICHOST;
+    addrinfo* list = nullptr;
+    int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &list);
+    const bool numeric = host.find(':') != std::string::npos ||
+                         host.find_first_not_of("0123456789.") == std::string::npos;
+    if (rc == EAI_NONAME && !numeric) {
+        hints.ai_flags &= ~AI_NUMERICHOST;  // a name: now the resolver may look it up
+        rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &list);
+    }
+    if (rc == EAI_AGAIN || rc == EAI_FAIL || rc == EAI_MEMORY || rc == EAI_SYSTEM) {
+        lab::fatal("getaddrinfo " + host + ": " + gai_strerror(rc));
+    }
+    if (rc != 0) {
+        args.usage_error("bad host '" + host +
+                         "': " + (numeric ? "not an IPv4 or IPv6 address" : gai_strerror(rc)));
+    }
+    return {list, freeaddrinfo};
+}
+
+}  // namespace

@@ -1,14 +1,17 @@
-// 03-tcp-echo server: accepts one client, sends back every byte it reads until the client
-// closes, then accepts the next one. An iterative server: while it serves one client,
-// the next one's connection is already complete (the kernel did the handshake) but
-// waits in the listen backlog, unanswered. Labs 04 to 09 remove that wait.
+// 03-tcp-echo server: the first TCP server. It accepts one client, sends back every byte it
+// reads until the client closes, then accepts the next. While it serves one, the next
+// one's connection is already complete (the kernel did the handshake) and waits in the
+// listen queue. Its addresses come from the getaddrinfo() loop of UNP's tcp_listen, in
+// plain sight; from lab 04 on, lab::Args::endpoint() (common/) does that part.
+#include <netdb.h>
+#include <poll.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -22,11 +25,8 @@
 namespace {
 
 constexpr std::uint16_t kDefaultPort = 9903;
-// Completed connections the kernel queues for us while we serve someone else.
-constexpr int kBacklog = 16;
-// Bytes per read(). Any size works, even 1: a stream is cut wherever the reader likes.
-constexpr std::size_t kBufferSize = 16384;
-// A client silent for this long, or not reading its echo, is dropped (--idle-timeout).
+constexpr int kBacklog = SOMAXCONN;         // the kernel caps it at net.core.somaxconn
+constexpr std::size_t kBufferSize = 16384;  // bytes per read(): any size is correct, even 1
 constexpr double kDefaultIdleSeconds = 60;
 
 constexpr const char* kUsage =
@@ -35,93 +35,18 @@ constexpr const char* kUsage =
 TCP echo server, one client at a time: sends every byte back to the client.
   -H, --host ADDR            address to bind (default 127.0.0.1; :: or 0.0.0.0 for all)
   -p, --port N               port to bind (default 9903; 0 lets the kernel choose)
-      --idle-timeout SECONDS drop a client that sends nothing, or reads nothing, for
-                             this long (default 60; 0 waits forever)
+      --idle-timeout SECONDS drop a client idle for this long (default 60)
       --quiet                no log line per event
       --help                 this text
 )";
 
-// Both directions get a deadline. Without one, a client that sends nothing (read blocks)
-// or never reads its echo (write blocks on a full buffer) holds the only seat forever.
-bool set_idle_timeout(int fd, double seconds) {
-    timeval limit{};
-    limit.tv_sec = static_cast<time_t>(seconds);
-    limit.tv_usec = static_cast<suseconds_t>(std::lround((seconds - std::floor(seconds)) * 1e6));
-    return setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit) == 0 &&
-           setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit) == 0;
-}
+// getaddrinfo()'s list, handed back to freeaddrinfo() when it goes out of scope.
+using AddressList = std::unique_ptr<addrinfo, decltype(&freeaddrinfo)>;
 
-// Writes all `size` bytes, like lab::write_all, except that a signal asking us to stop
-// ends the wait: a client that never reads would otherwise keep SIGTERM waiting too.
-bool write_echo(int fd, const char* bytes, std::size_t size) {
-    while (size > 0) {
-        if (lab::stop_requested()) {
-            errno = EINTR;  // report_failure() stays quiet: main says why we stop
-            return false;
-        }
-        const ssize_t n = write(fd, bytes, size);
-        if (n == -1) {
-            if (errno == EINTR) continue;  // the loop condition looks at the stop flag
-            return false;
-        }
-        bytes += n;  // a short write: the rest goes round again
-        size -= static_cast<std::size_t>(n);
-    }
-    return true;
-}
-
-// One client's trouble goes to stderr; the server then drops that client and goes on.
-void report_failure(const char* call, const std::string& peer, int err) {
-    if (err == EINTR) return;  // SIGTERM or SIGINT: main says that it is stopping
-    if (err == EAGAIN || err == EWOULDBLOCK) {
-        lab::note(std::string(call) + " " + peer + ": idle too long, dropping the client");
-    } else {
-        lab::warn(call, peer, err);  // ECONNRESET: the client reset the connection
-    }
-}
-
-// 5. read() and write() until the client closes. Bytes, not messages: whatever one read()
-//    returns goes straight back, however the client's writes were cut up on the way.
-//    Returns how many bytes were echoed.
-unsigned long long echo(int fd, const std::string& peer, const lab::Log& log) {
-    // BEGIN SOLUTION: echo until end of stream: read() from fd into a kBufferSize buffer
-    //   (0 means the client closed; on EINTR go round again unless lab::stop_requested()),
-    //   log "from PEER: N bytes", send the N bytes back with write_echo() and add N to
-    //   `total`; on a failed read or write call report_failure("read"/"write", peer, errno)
-    //   and stop. Leave the loop when lab::stop_requested() too.
-    // STUB: unsigned long long total = 0;
-    // STUB: lab::todo("lab 03: the read() and write_echo() loop");
-    std::vector<char> buffer(kBufferSize);
-    unsigned long long total = 0;
-    while (!lab::stop_requested()) {
-        const ssize_t n = read(fd, buffer.data(), buffer.size());
-        if (n == 0) return total;  // end of stream: the client closed or shut down its side
-        if (n == -1 && errno == EINTR && !lab::stop_requested()) continue;
-        if (n == -1) {
-            report_failure("read", peer, errno);
-            return total;
-        }
-        log("from ", peer, ": ", n, " bytes");
-        if (!write_echo(fd, buffer.data(), static_cast<std::size_t>(n))) {
-            report_failure("write", peer, errno);
-            return total;
-        }
-        total += static_cast<unsigned long long>(n);
-    }
-    // END SOLUTION
-    return total;
-}
-
-void serve(const lab::Fd& conn, const lab::Endpoint& peer_address, double idle_seconds,
-           const lab::Log& log) {
-    const std::string peer = lab::format_address(peer_address);
-    log("client ", peer, " connected");
-    if (idle_seconds > 0 && !set_idle_timeout(conn.get(), idle_seconds)) {
-        lab::warn("setsockopt", peer);
-    }
-    const unsigned long long total = echo(conn.get(), peer, log);
-    log("client ", peer, " left after ", total, " bytes");
-}
+AddressList look_up(const lab::Args& args);
+void echo(int conn, const std::string& peer, double idle_seconds, const lab::Log& log);
+void set_idle_timeout(int conn, double seconds);
+void after_accept_failure(const std::string& where);
 
 }  // namespace
 
@@ -133,55 +58,143 @@ int main(int argc, char** argv) {
     args.seconds("--idle-timeout", &idle_seconds);
     args.flag("--quiet", &quiet);
     args.parse(argc, argv);
-    const lab::Endpoint local = args.endpoint(SOCK_STREAM);
     const lab::Log log(quiet);
+    lab::handle_signals();  // SIGINT, SIGTERM: interrupt the blocking call, set the flag
 
-    lab::handle_signals();
+    // 1. getaddrinfo(): --host and --port as socket addresses (sockaddr_in, sockaddr_in6).
+    //    A name may have several, IPv4 and IPv6; AI_PASSIVE asks for addresses to bind.
+    const AddressList found = look_up(args);
 
-    // BEGIN SOLUTION: create the listening socket: socket() (local.family(), SOCK_STREAM),
-    //   bind() it to `local` and listen() with a backlog of kBacklog; on a failure call
-    //   lab::die("socket"/"bind"/"listen", address)
-    // STUB: const lab::Fd listen_fd = lab::todo<lab::Fd>("lab 03: socket(), bind() and listen()");
-    // 1. socket(): the listening socket. It never carries data; it only hands out
-    //    connections.
-    const lab::Fd listen_fd(socket(local.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!listen_fd) lab::die("socket");
-
-    // 2. bind(): the address clients connect to. With port 0 the kernel picks one.
-    if (bind(listen_fd.get(), local.addr(), local.size) == -1) {
-        lab::die("bind", lab::format_address(local));
+    // 2. socket(), SO_REUSEADDR and bind() on each address in turn until one works (UNP's
+    //    tcp_listen). SO_REUSEADDR: a restarted server binds at once, though its old
+    //    connections still sit in TIME_WAIT (lab 06).
+    lab::Fd listen_fd;
+    std::string where;  // the address tried last: the one the messages name
+    int err = 0;        // why the last bind() failed
+    // TASK 03.bind
+    for (const addrinfo* ai = found.get(); ai != nullptr && !listen_fd; ai = ai->ai_next) {
+        where = lab::format_address(ai->ai_addr, ai->ai_addrlen);
+        lab::Fd fd(socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol));
+        if (!fd) lab::die("socket", where);
+        const int on = 1;
+        if (setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) == -1) {
+            lab::die("setsockopt", where);
+        }
+        if (bind(fd.get(), ai->ai_addr, ai->ai_addrlen) == 0) listen_fd = std::move(fd);
+        err = errno;
     }
+    // END TASK
+    if (!listen_fd) lab::die("bind", where, err);
 
-    // 3. listen(): from here on the kernel completes handshakes by itself and queues up to
-    //    kBacklog connections, whether or not we are calling accept().
-    if (listen(listen_fd.get(), kBacklog) == -1) {
-        lab::die("listen", lab::format_address(local));
-    }
-    // END SOLUTION
-    const auto bound = lab::local_endpoint(listen_fd.get());
+    // 3. listen(): from here on the kernel completes handshakes and queues connections (up
+    //    to kBacklog), whether or not we are in accept().
+    if (listen(listen_fd.get(), kBacklog) == -1) lab::die("listen", where);
+    const auto bound = lab::local_endpoint(listen_fd.get());  // the port, if --port 0
     if (!bound) lab::die("getsockname");
-    const std::string where = lab::format_address(*bound);
+    where = lab::format_address(*bound);
     lab::print_ready("tcp", *bound);
 
+    // The stop flag, each time round: a stop signal makes accept() or read() return EINTR.
     while (!lab::stop_requested()) {
-        // BEGIN SOLUTION: accept the next client: accept4() on listen_fd (SOCK_CLOEXEC) into a
-        //   lab::Fd, filling a lab::Endpoint with the client's address; on a failure report
-        //   it with lab::warn("accept", where) unless errno is EINTR, and
-        //   continue; otherwise serve(conn, peer, idle_seconds, log)
-        // 4. accept(): takes the oldest queued connection, and a new socket for it alone.
-        lab::Endpoint peer;
-        const lab::Fd conn(accept4(listen_fd.get(), peer.addr(), &peer.size, SOCK_CLOEXEC));
+        // 4. accept(): the oldest queued connection, on a new socket for this client alone.
+        lab::Endpoint peer_address;
+        // TASK 03.accept
+        lab::Fd conn(
+            accept4(listen_fd.get(), peer_address.addr(), &peer_address.size, SOCK_CLOEXEC));
+        // END TASK
         if (!conn) {
-            // EINTR is a signal: the loop looks at the flag. Other errors (ECONNABORTED,
-            // EMFILE) belong to one connection attempt; the server keeps listening.
-            if (errno != EINTR) lab::warn("accept", where);
+            after_accept_failure(where);
             continue;
         }
-        serve(conn, peer, idle_seconds, log);
-        // END SOLUTION
-        // 6. close(): conn's Fd closes the connection here; the client reads end of stream.
-    }
+        const std::string peer = lab::format_address(peer_address);
+        log("client ", peer, " connected");
+        set_idle_timeout(conn.get(), idle_seconds);
 
+        // 5. read() and write() until the client closes (echo(), below).
+        echo(conn.get(), peer, idle_seconds, log);
+
+        // 6. close(): the client reads the end of the stream, and the next one is served.
+        conn.reset();
+    }
     log("stopping on ", lab::stop_signal_name());
     return lab::kExitOk;
 }
+
+namespace {
+
+// The echo of step 5: whatever one read() returns goes straight back, however the client's
+// writes were cut up on the way: a stream carries bytes, not messages. Logs each read, then
+// how the client's turn ended: it left (read() returned 0: the end of the stream), or it
+// was dropped (EAGAIN after --idle-timeout, ECONNRESET ...). A stop signal ends it quietly.
+void echo(int conn, const std::string& peer, double idle_seconds, const lab::Log& log) {
+    // TASK 03.echo
+    std::vector<char> buffer(kBufferSize);
+    unsigned long long total = 0;
+    while (!lab::stop_requested()) {
+        const ssize_t n = read(conn, buffer.data(), buffer.size());
+        if (n == 0) {
+            log("client ", peer, " left after ", total, " bytes");
+            return;
+        }
+        if (n == -1 && errno == EINTR) continue;  // a signal: back to the flag
+        if (n == -1) break;
+        log("from ", peer, ": ", n, " bytes");
+        if (!lab::write_all(conn, buffer.data(), static_cast<std::size_t>(n))) break;
+        total += static_cast<unsigned long long>(n);
+    }
+    if (lab::stop_requested()) return;  // main says why it stops
+    log("client ", peer, " dropped: ",
+        errno == EAGAIN ? "idle for " + lab::seconds_text(idle_seconds) : std::strerror(errno));
+    // END TASK
+}
+
+// getaddrinfo() for --host: a numeric host is only ever parsed (AI_NUMERICHOST), so a
+// mistyped 999.1.1.1 never becomes a DNS query; only a name is looked up. A bad host is a
+// usage error (exit 2); a resolver that cannot answer is a failure (exit 1).
+AddressList look_up(const lab::Args& args) {
+    const std::string& host = args.host();
+    const std::string port = std::to_string(args.port());
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;      // IPv4 or IPv6, whichever the host is
+    hints.ai_socktype = SOCK_STREAM;  // TCP
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV | AI_NUMERICHOST;
+    addrinfo* list = nullptr;
+    int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &list);
+    const bool numeric = host.find(':') != std::string::npos ||
+                         host.find_first_not_of("0123456789.") == std::string::npos;
+    if (rc == EAI_NONAME && !numeric) {
+        hints.ai_flags &= ~AI_NUMERICHOST;  // a name: now the resolver may look it up
+        rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &list);
+    }
+    if (rc == EAI_AGAIN || rc == EAI_FAIL || rc == EAI_MEMORY || rc == EAI_SYSTEM) {
+        lab::fatal("getaddrinfo " + host + ": " + gai_strerror(rc));
+    }
+    if (rc != 0) {
+        args.usage_error("bad host '" + host +
+                         "': " + (numeric ? "not an IPv4 or IPv6 address" : gai_strerror(rc)));
+    }
+    return {list, freeaddrinfo};
+}
+
+// Answers a client that stalls: without a deadline, one peer that sends nothing (read()
+// blocks) or never reads its echo (write() blocks on a full buffer) holds the only seat
+// forever. After --idle-timeout, read() or write() fails with EAGAIN instead.
+void set_idle_timeout(int conn, double seconds) {
+    const timeval limit = lab::to_timeval(seconds);  // rounded up: never 0, "no deadline"
+    if (setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit) == -1 ||
+        setsockopt(conn, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit) == -1) {
+        lab::warn("setsockopt", "SO_RCVTIMEO/SO_SNDTIMEO");
+    }
+}
+
+// Answers running out of descriptors (EMFILE, ENFILE): the connection stays queued, so
+// accept() would fail again at once and the loop would spin. Say so, then rest a second
+// (a stop signal cuts the rest short). EINTR is a signal: the loop looks at the flag.
+void after_accept_failure(const std::string& where) {
+    const int err = errno;
+    if (err == EINTR) return;
+    lab::warn("accept", where, err);  // ECONNABORTED: that client gave up while queued
+    if (err == EMFILE || err == ENFILE) poll(nullptr, 0, 1000);
+}
+
+}  // namespace
