@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -84,6 +85,35 @@ def test_ipv6(start, run):
     result = run("client", "--host", "::1", "--port", str(server.port), input=b"over six\n")
     assert result.stdout == b"over six\n", result.stderr
     assert echo_through(server, b"v6", socket.AF_INET6) == b"v6"
+
+
+@needs_ipv6
+def test_an_ipv6_socket_on_any_address_hears_ipv4_as_mapped_addresses(start, run):
+    """--host :: serves IPv4 clients too: the log shows them as IPv4-mapped IPv6 addresses
+    (::ffff:127.0.0.1), as the handout says."""
+    server = start("server", "--host", "::", "--port", "0")
+    assert server.address.text == "[::]:%d" % server.port
+    with udp_socket() as s:  # an IPv4 socket
+        s.sendto(b"four", ("127.0.0.1", server.port))
+        assert s.recv(100) == b"four"
+        me = s.getsockname()[1]
+    server.expect(r"^from \[::ffff:127\.0\.0\.1\]:%d: 4 bytes$" % me)
+    result = run("client", "--host", "::1", "--port", str(server.port), input=b"six\n")
+    assert result.stdout == b"six\n", result.stderr
+    server.expect(r"^from \[::1\]:\d+: 3 bytes$")
+
+
+@pytest.mark.parametrize("prog", ["server", "client"])
+@pytest.mark.parametrize("host", ["localhost", "999.1.1.1", "::1::2"])
+def test_a_host_is_an_address_literal_never_a_name(run, prog, host):
+    """Lab 01 builds its addresses by hand from literals: a name, or a literal that does not
+    parse, is a usage error that says names come in lab 03 (nothing is looked up)."""
+    result = run(prog, "--host", host, "--port", "0" if prog == "server" else "9")
+    assert result.returncode == 2
+    first, rest = result.stderr.split("\n", 1)
+    assert first == ("%s: bad host '%s': lab 01 takes an IPv4 or IPv6 address (127.0.0.1, ::1);"
+                     " names come in lab 03" % (prog, host))
+    assert rest.startswith("usage: " + prog)
 
 
 # ------------------------------------------------------------ binary-safe, any size
@@ -254,6 +284,94 @@ def test_signal_stops_server_with_status_0(start, signo):
     server = start("server", "--port", "0")
     assert echo_through(server, b"x") == b"x"
     assert server.stop(signo) == 0
+
+
+@pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_flooded_server_stops_within_a_second(start, signo):
+    """A server flooded with datagrams (recvfrom() never has to wait) still stops on SIGTERM or
+    SIGINT: it looks at the stop flag each time round. Allowed 3 s here for a loaded machine."""
+    server = start("server", "--port", "0")
+    stop = threading.Event()
+
+    def flood():
+        with udp_socket() as s:
+            s.setblocking(False)
+            while not stop.is_set():
+                try:
+                    s.sendto(b"f" * 100, server.sockaddr)
+                except OSError:
+                    pass
+
+    floods = [threading.Thread(target=flood, daemon=True) for _ in range(2)]
+    for t in floods:
+        t.start()
+    try:
+        server.expect(r"^from .*: 100 bytes$")
+        began = time.monotonic()
+        server.send_signal(signo)
+        assert server.wait(5) == 0
+        took = time.monotonic() - began
+    finally:
+        stop.set()
+        for t in floods:
+            t.join(5)
+    assert took < 3, "took %.2fs to stop" % took
+    assert server.stdout_lines[-1] == b"stopping on %s" % signo.name.encode()
+
+
+@pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_client_stops_while_it_waits_on_stdin(start, lab, signo):
+    """Ctrl-C (SIGINT) or SIGTERM stops the client while it waits for a line on stdin: status 0,
+    nothing on stderr."""
+    server = start("server", "--port", "0")
+    client = lab.start("client", "-p", str(server.port), ready=False)
+    client.write(b"first\n")
+    assert client.read_line() == b"first"  # now blocked reading stdin, which stays open
+    began = time.monotonic()
+    client.send_signal(signo)
+    assert client.wait(5) == 0
+    assert time.monotonic() - began < 3
+    assert client.stderr == ""
+
+
+@pytest.mark.parametrize("connect", [False, True], ids=["sendto", "connect"])
+@pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_client_stops_while_it_waits_for_a_reply(lab, signo, connect):
+    """A stop signal ends the client's wait for a reply at once, long before its --timeout."""
+    with udp_socket() as silent:  # takes the datagram, never answers
+        port = silent.getsockname()[1]
+        args = ["-p", str(port), "--timeout", "60"] + (["--connect"] if connect else [])
+        client = lab.start("client", *args, ready=False)
+        client.write(b"anyone?\n")
+        assert silent.recv(100) == b"anyone?"  # sent: the client now waits for the reply
+        began = time.monotonic()
+        client.send_signal(signo)
+        assert client.wait(5) == 0
+        assert time.monotonic() - began < 3
+    assert client.stdout_lines == []
+    assert client.stderr == ""
+
+
+def test_a_tiny_timeout_is_not_forever(run):
+    """--timeout 0.0000001 is rounded up to a millisecond, never down to 0 ("wait for ever")."""
+    with udp_socket() as silent:
+        port = silent.getsockname()[1]
+        result = run("client", "--port", str(port), "--timeout", "0.0000001", input=b"hi\n")
+    assert result.returncode == 1
+    assert "no reply from 127.0.0.1:%d within 1e-07s" % port in result.stderr
+    assert result.seconds < 5
+
+
+def test_a_16_mib_line_ends_the_client_with_a_clear_message(start, run):
+    """One line of 16 MiB cannot be one datagram: the client says 'Message too long' and exits 1,
+    without hanging and without sending anything."""
+    server = start("server", "--port", "0")
+    result = run("client", "-p", str(server.port), input=b"a" * (16 << 20) + b"\nnext\n",
+                 timeout=60)
+    assert result.returncode == 1
+    assert result.stderr == "client: sendto 127.0.0.1:%d: Message too long\n" % server.port
+    assert result.stdout == b""
+    assert server.stdout_lines[1:] == []
 
 
 def test_twenty_clients_at_once(start, lab):
