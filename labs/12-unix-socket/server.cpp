@@ -84,8 +84,7 @@ int main(int argc, char** argv) {
     if (stale) log("removed a stale socket file at ", name);
 
     while (!where.dgram && !lab::stop_requested()) {
-        // 4. accept(): one client at a time, as in the notes; the others wait in the
-        //    backlog. Its address would be "(unnamed)": clients rarely bind a name.
+        // 4. accept(): one client at a time, as in the notes; the others wait in the backlog.
         const lab::Fd conn(accept4(sock.get(), nullptr, nullptr, SOCK_CLOEXEC));
         if (conn) {
             serve_client(conn.get(), idle_seconds, log);
@@ -193,7 +192,7 @@ bool send_file(int conn, int file, const std::string& who, const lab::Log& log) 
 }
 
 // 8. Datagrams: no listen(), no accept(). recvfrom() names each datagram's sender, and
-//    sendto() answers that name; a sender that never bound one cannot be answered.
+//    sendto() answers that name, without waiting on a full queue (MSG_DONTWAIT).
 void serve_datagrams(int sock, const lab::Log& log) {
     std::vector<char> buffer(kBufferSize);
     while (!lab::stop_requested()) {
@@ -213,8 +212,6 @@ void serve_datagrams(int sock, const lab::Log& log) {
         if (peer.size <= sizeof(sa_family_t)) {
             log("cannot reply to ", from, ": the sender did not bind a name");
         } else if (sendto(sock, buffer.data(), size, MSG_DONTWAIT, peer.addr(), peer.size) == -1) {
-            // MSG_DONTWAIT: a Unix datagram sender waits while the receiver's queue is
-            // full, where UDP would drop; a peer that never reads must not stall us.
             log("reply to ", from, " dropped: ", strerror(errno));
         }
     }
