@@ -17,10 +17,10 @@ from faults import BUSY, echoes
 LAB = EchoLab(
     concurrent=200,
     event_loop=True,
-    logs={"connected": r"^PEER connected \(1 clients\)$", "bytes": r"^from PEER: \d+ bytes$",
-          "left": r"^PEER left$", "reset": r"dropped: Connection reset by peer$",
-          "busy": r"^refused PEER: server busy \(descriptor \d+, CLIENTS clients\)$",
-          "stop": r"^stopping on signal SIGNO with CLIENTS clients$"},
+    logs={"connected": r"^client PEER connected$", "bytes": r"^from PEER: \d+ bytes$",
+          "left": r"^client PEER left after \d+ bytes$",
+          "reset": r"^client PEER dropped: Connection reset by peer$",
+          "busy": r"^refused PEER: server busy$", "stop": r"^stopping on SIG(INT|TERM)$"},
     help_mentions={"server": [b"--max-buffer"]},
     bad_arguments=[("server", args) for args in (
         ["--port", "70000"], ["--port", "nine"], ["--max-clients", "0"], ["--max-clients", "-3"],
