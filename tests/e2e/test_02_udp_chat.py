@@ -1,18 +1,26 @@
-"""Lab 02-udp-chat: a UDP relay that sends each client's message to every other client."""
+"""Lab 02-udp-chat: a UDP relay that sends each member's line to every other member.
+
+An address becomes a member by proving that it receives what is sent to it: its first
+datagram is answered with '* /join COOKIE', and sending '/join COOKIE' back joins it.
+The helpers below (join, sync, the relay's faults) speak that handshake.
+"""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
 import socket
+import threading
 import time
 
 import pytest
 
 from conftest import Program, needs_ipv6, udp_socket
-from faults import (CHAT_FAULTS, chat_served, fault_name, join, name_of, recv_until, recv_upto,
-                    survive)
+from faults import fault_name, survive
+
+CHALLENGE = re.compile(rb"^\* /join ([0-9A-Za-z]{6})\n$")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -26,6 +34,57 @@ def recv(sock: socket.socket) -> bytes:
     return sock.recv(65536)
 
 
+def name_of(sock: socket.socket) -> str:
+    """A peer's name as the relay writes it before a nick: '127.0.0.1:50000'."""
+    host, port = sock.getsockname()[:2]
+    return "[%s]:%d" % (host, port) if sock.family == socket.AF_INET6 else "%s:%d" % (host, port)
+
+
+def recv_upto(sock: socket.socket, prefix: bytes) -> list[bytes]:
+    """Every datagram up to the first that starts with `prefix` (the socket's timeout
+    bounds the wait)."""
+    got = []
+    while not got or not got[-1].startswith(prefix):
+        got.append(recv(sock))
+    return got
+
+
+def recv_until(sock: socket.socket, prefix: bytes) -> bytes:
+    """The first datagram that starts with `prefix`; those before it are dropped."""
+    return recv_upto(sock, prefix)[-1]
+
+
+def drain(sock: socket.socket) -> list[bytes]:
+    """Every datagram already waiting on `sock`, without waiting for more."""
+    got = []
+    sock.setblocking(False)
+    try:
+        while True:
+            got.append(sock.recv(65536))
+    except BlockingIOError:
+        pass
+    finally:
+        sock.settimeout(5)
+    return got
+
+
+def answer(server, sock: socket.socket, first: bytes = b"/join") -> bytes:
+    """Sends `first` from an unknown address and returns the '/join COOKIE' line the
+    relay answers with."""
+    sock.sendto(first, server.sockaddr)
+    challenge = recv(sock)
+    assert CHALLENGE.match(challenge), challenge
+    return challenge[2:-1]
+
+
+def join(server, sock: socket.socket) -> bytes:
+    """The handshake: '/join', the challenge, the cookie sent back; returns the welcome."""
+    sock.sendto(answer(server, sock), server.sockaddr)
+    welcome = recv(sock)
+    assert welcome.startswith(b"* welcome " + name_of(sock).encode() + b", "), welcome
+    return welcome
+
+
 def peers(server, count: int, family=socket.AF_INET) -> list[socket.socket]:
     """`count` raw Python sockets, each joined; every join notice already read."""
     socks = []
@@ -36,6 +95,20 @@ def peers(server, count: int, family=socket.AF_INET) -> list[socket.socket]:
             assert recv(earlier) == b"* %s joined\n" % name_of(s).encode()
         socks.append(s)
     return socks
+
+
+def peers_after(server, client_program, family):
+    """A raw socket joined after a lab client, which is told of it."""
+    raw = udp_socket(family)
+    join(server, raw)
+    client_program.expect(exact(b"* %s joined" % name_of(raw).encode()))
+    return [raw]
+
+
+def sync(server, sock: socket.socket, online: int) -> None:
+    """A /who round trip: every datagram sent to the server before it has been handled."""
+    sock.sendto(b"/who", server.sockaddr)
+    recv_until(sock, b"* %d online" % online)
 
 
 def close_all(socks) -> None:
@@ -102,7 +175,7 @@ def test_nick_who_and_quit_notices(start):
     b.expect(b"^\\* bad nick")
     b.write(b"/nick\n")
     b.expect(b"^\\* bad nick")
-    b.write(b"/who\n")
+    b.write(b"/who\n")  # members in the order last heard from: b just spoke
     assert b.expect(b"^\\* 2 online: .*$").group(0) == b"* 2 online: alice, " + pb
     b.write(b"/dance\n")
     b.expect(b"^\\* unknown command")
@@ -115,12 +188,13 @@ def test_nick_who_and_quit_notices(start):
 
 
 def test_server_logs_events_and_quiet_silences_them(start):
-    """The server logs joins and leaves; --quiet silences them."""
+    """The server logs the handshake, joins and leaves; --quiet silences them."""
     server = start_server(start)
     [a] = peers(server, 1)
-    server.expect(r"^join 127\.0\.0\.1:\d+, 1 online$")
+    server.expect(r"^unverified 127\.0\.0\.1:\d+: 5 bytes, answered with its cookie$")
+    server.expect(r"^client 127\.0\.0\.1:\d+ joined, 1 online$")
     a.sendto(b"/quit", server.sockaddr)
-    server.expect(r"^127\.0\.0\.1:\d+ left, 0 online$")
+    server.expect(r"^client 127\.0\.0\.1:\d+ left, 0 online$")
 
     quiet = start_server(start, "--quiet")
     [q] = peers(quiet, 1)
@@ -151,14 +225,6 @@ def test_ipv6(start):
     raw.sendto(b"back", server.sockaddr)
     a.expect(exact(b"%s: back" % name_of(raw).encode()))
     raw.close()
-
-
-def peers_after(server, client_program, family):
-    """Raw sockets joined after a lab client, which is told of each."""
-    raw = udp_socket(family)
-    join(server, raw)
-    client_program.expect(exact(b"* %s joined" % name_of(raw).encode()))
-    return [raw]
 
 
 # ------------------------------------------------------------------- real peers, keys
@@ -193,18 +259,21 @@ def test_same_port_on_two_loopback_addresses_is_two_clients(start):
         close_all([one, two])
 
 
-def test_nc_and_a_python_socket_take_part(lab, start):
-    """nc -u joins, talks and quits like any client."""
+def test_nc_joins_by_hand_and_takes_part(lab, start):
+    """nc -u joins as a person would: its first line is answered with the line to send back,
+    which it sends; then it talks and quits like any member."""
     if shutil.which("nc") is None:
         pytest.skip("nc is not installed")
     server = start_server(start)
     [py] = peers(server, 1)
     nc = Program(["nc", "-u", server.host, str(server.port)], cwd=lab.tmp_path)
     lab.programs.append(nc)  # stopped with the lab's programs, pass or fail
-    nc.write(b"/join\n")  # nc sends the newline too; the server takes one as the line's end
+    nc.write(b"hello?\n")  # nc sends the newline too; the server takes one as the line's end
+    back = nc.expect(rb"^\* (/join [0-9A-Za-z]{6})$").group(1)
+    nc.write(back + b"\n")
     welcome = nc.expect(rb"^\* welcome (127\.0\.0\.1:\d+), 2 online$")
     nc_name = welcome.group(1)
-    assert recv(py) == b"* %s joined\n" % nc_name
+    assert recv(py) == b"* %s joined\n" % nc_name  # "hello?" was never relayed
     nc.write(b"from nc\n")
     assert recv(py) == b"%s: from nc\n" % nc_name
     py.sendto(b"from python", server.sockaddr)
@@ -225,17 +294,20 @@ def test_binary_bytes_are_relayed_as_they_are(start):
 
 
 def test_empty_datagram_reaches_nobody(start):
-    """An empty datagram (or a bare newline) is relayed to nobody and registers nobody."""
+    """An empty datagram (or a bare newline) is a keepalive: relayed to nobody, and from an
+    unknown address answered with nothing at all."""
     server = start_server(start)
     a, b = peers(server, 2)
     a.sendto(b"", server.sockaddr)
     a.sendto(b"\n", server.sockaddr)  # a bare line end is empty too
     a.sendto(b"after", server.sockaddr)
     assert recv(b) == name_of(a).encode() + b": after\n"  # nothing came before it
+    server.expect(r"^keepalive from 127\.0\.0\.1:\d+$")
     stranger = udp_socket()
-    stranger.sendto(b"", server.sockaddr)  # an empty datagram does not register anyone
-    a.sendto(b"/who", server.sockaddr)
-    assert recv(a) == b"* 2 online: %s, %s\n" % (name_of(a).encode(), name_of(b).encode())
+    stranger.sendto(b"", server.sockaddr)  # an empty datagram registers nobody
+    a.sendto(b"/who", server.sockaddr)  # members in the order last heard from
+    assert recv(a) == b"* 2 online: %s, %s\n" % (name_of(b).encode(), name_of(a).encode())
+    assert drain(stranger) == []
     close_all([a, b, stranger])
 
 
@@ -263,21 +335,134 @@ def test_oversized_datagram_is_refused_and_the_limit_itself_relayed(start):
     assert recv(b) == name_of(a).encode() + b": " + b"y" * 100 + b"\n"  # the 101 never came
     a.sendto(b"z" * 65507, server.sockaddr)  # the largest UDP payload over IPv4
     assert recv(a) == b"* message too long: 65507 bytes, the limit is 100\n"
-    server.expect(r"refused 65507 bytes from 127\.0\.0\.1:\d+")
+    server.expect(r"^refused 127\.0\.0\.1:\d+: message too long: 65507 bytes, the limit is 100$")
     close_all([a, b])
+
+
+@pytest.mark.parametrize("family", [
+    socket.AF_INET, pytest.param(socket.AF_INET6, marks=needs_ipv6)], ids=["ipv4", "ipv6"])
+def test_the_longest_message_allowed_is_relayed_whole(start, family):
+    """--max-message at its ceiling (65000): 'NAME: TEXT\\n' still fits one datagram, so the
+    line arrives whole and no sendto() fails (a ceiling of 65507 let every copy fail with
+    EMSGSIZE, and the sender never knew)."""
+    host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    server = start_server(start, "--host", host, "--max-message", "65000")
+    a, b = peers(server, 2, family)
+    for s in (a, b):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    a.sendto(b"/nick x234567890123456", server.sockaddr)  # the longest nick: 16
+    assert recv(a) == b"* you are now x234567890123456\n"
+    assert recv(b).endswith(b" is now x234567890123456\n")
+    for sender, name in ((a, b"x234567890123456"), (b, name_of(b).encode())):
+        receiver = b if sender is a else a
+        sender.sendto(b"m" * 65000, server.sockaddr)
+        assert recv(receiver) == name + b": " + b"m" * 65000 + b"\n"
+    assert not [line for line in server.stdout_lines if line.startswith(b"sendto ")]
+    assert server.stop() == 0
+    assert server.stderr == ""
+    close_all([a, b])
+
+
+# ------------------------------------------------------- the relay is no amplifier
+
+def test_a_first_datagram_is_answered_with_the_line_to_send_back(start):
+    """An unknown address is not registered by what it sends: it gets '* /join COOKIE', the
+    same cookie each time, and only when its datagram is at least 5 bytes (the answer is
+    15: three times as much)."""
+    server = start_server(start)
+    [member] = peers(server, 1)
+    s = udp_socket()
+    for small in (b"/", b"hi", b"/who", b"\n"):  # under 5 bytes: no answer at all
+        s.sendto(small, server.sockaddr)
+    sync(server, member, 1)
+    assert drain(s) == []
+    back = answer(server, s, b"hello everybody")
+    assert answer(server, s, b"/join") == back
+    assert answer(server, s, b"/nick mallory") == back
+    assert answer(server, s, back.replace(back[-1:], b"!")) == back  # a wrong cookie
+    sync(server, member, 1)  # nobody joined, and the member heard of no one
+    assert drain(member) == []
+    s.sendto(back + b"\n", server.sockaddr)  # sent back, as nc would, newline and all
+    assert recv(s).startswith(b"* welcome %s, 2 online" % name_of(s).encode())
+    close_all([member, s])
+
+
+def test_a_cookie_works_only_from_the_address_it_was_sent_to(start):
+    """A cookie is bound to the address it was sent to: the same line from another address
+    (as a forger would send it for its victim) is one more unknown datagram, answered with
+    that address's own cookie, and nobody joins."""
+    server = start_server(start)
+    [member] = peers(server, 1)
+    victim, forger = udp_socket(), udp_socket()
+    back = answer(server, victim)
+    forger.sendto(back, server.sockaddr)
+    other = recv(forger)
+    assert CHALLENGE.match(other) and other[2:-1] != back
+    sync(server, member, 1)  # still alone
+    assert drain(member) == [] and drain(victim) == []
+    close_all([member, victim, forger])
+
+
+def test_unverified_addresses_get_at_most_three_times_what_they_send(start):
+    """Unverified addresses send every command the relay knows (and garbage, and wrong
+    cookies) to a room of 30 members with long names: none joins, the room hears of none,
+    and no datagram draws more than three times its size (RFC 9000 section 8.1). Before the
+    handshake, the 4 bytes of '/who' drew the whole member list, over 600 bytes."""
+    server = start_server(start, "--max-clients", "40")
+    members = peers(server, 30)
+    for i, m in enumerate(members):
+        m.sendto(b"/nick member%08d" % i, server.sockaddr)
+    sync(server, members[0], 30)
+    for m in members:
+        drain(m)
+    commands = [b"", b"\n", b"/", b"x", b"/who", b"/join", b"/join\n", b"/join 000000",
+                b"/nick eve", b"/quit", b"/dance", b"hello, room", b"/who\n" * 3,
+                b"a\nb", b"\0" * 7, b"q" * 2000, os.urandom(64)]
+    sources = [(udp_socket(), data) for data in commands for _ in range(3)]
+    try:
+        for s, data in sources:
+            s.sendto(data, server.sockaddr)
+        sync(server, members[0], 30)  # all handled, every answer waiting; and nobody joined
+        worst, total_in, total_out = 0.0, 0, 0
+        for s, data in sources:
+            got = drain(s)
+            assert all(CHALLENGE.match(g) for g in got), got
+            out = sum(map(len, got))
+            assert out <= 3 * len(data), (data, got)
+            worst = max(worst, out / len(data)) if data else worst
+            total_in, total_out = total_in + len(data), total_out + out
+        print("unverified: worst %.2f bytes out per byte in, %d in, %d out"
+              % (worst, total_in, total_out))
+        assert worst <= 3
+        assert all(drain(m) == [] for m in members[1:])  # the room heard of no one
+    finally:
+        close_all([s for s, _ in sources] + members)
+
+
+def test_a_forgotten_client_answers_the_challenge_and_is_back(start):
+    """The lab's client answers the challenge whenever it comes: a client the server has
+    forgotten (idle) is welcomed back by its next line."""
+    server = start_server(start, "--idle-timeout", "0.5")
+    client = start_client(start, server, "--keepalive", "3600")  # never in time
+    server.expect(r"^client 127\.0\.0\.1:\d+ dropped: idle for 0\.5s$", timeout=10)
+    client.write(b"anyone still here?\n")  # answered with a challenge, answered in turn
+    client.expect(exact(b"* welcome %s, 1 online" % client.address.text.encode()))
+    assert client.stderr == ""
 
 
 # ---------------------------------------------------------------------------- limits
 
 def test_max_clients_refuses_one_more(start):
-    """--max-clients 2: a third is told the server is full and not registered, until one leaves."""
+    """--max-clients 2: a third is told the server is busy and not registered, until one
+    leaves."""
     server = start_server(start, "--max-clients", "2")
     a, b = peers(server, 2)
     extra = udp_socket()
-    extra.sendto(b"/join", server.sockaddr)
-    assert recv(extra) == b"* server full\n"
-    extra.sendto(b"let me in", server.sockaddr)
-    assert recv(extra) == b"* server full\n"
+    back = answer(server, extra)
+    extra.sendto(back, server.sockaddr)
+    assert recv(extra) == b"* server busy\n"
+    extra.sendto(back, server.sockaddr)
+    assert recv(extra) == b"* server busy\n"
     a.sendto(b"/who", server.sockaddr)
     assert recv(a).startswith(b"* 2 online: ")  # the extra one was not registered
     b.sendto(b"/quit", server.sockaddr)
@@ -288,13 +473,13 @@ def test_max_clients_refuses_one_more(start):
 
 
 def test_full_server_makes_the_client_exit_1(start, run):
-    """The lab's client told the server is full says so and exits 1."""
+    """The lab's client told the server is busy says so and exits 1."""
     server = start_server(start, "--max-clients", "1")
     [a] = peers(server, 1)
     result = run("client", "--host", server.host, "--port", str(server.port))
     assert result.returncode == 1
     assert result.stdout == b""
-    assert "server full" in result.stderr
+    assert "server busy" in result.stderr
     a.close()
 
 
@@ -316,7 +501,7 @@ def test_rate_limit_drops_the_excess_with_one_notice(start):
         assert data.startswith(name_of(a).encode() + b": burst ")
         relayed += 1
     windows = int(elapsed) + 2  # the burst may straddle one-second windows
-    # Every datagram counts, /join included: at most 5 a second got through, and some did.
+    # At most 5 a second got through, and some did.
     assert 1 <= relayed <= 5 * windows and relayed < 40, (relayed, elapsed)
     c.sendto(b"/who", server.sockaddr)
     assert recv_until(c, b"* 3 online")  # c's own datagrams still pass
@@ -340,18 +525,27 @@ def test_idle_clients_are_forgotten(start):
     join(server, lurker)
     talker = start_client(start, server, "--keepalive", "0.1")
     talker.expect(exact(b"* %s left (idle)" % name_of(lurker).encode()), timeout=10)
-    server.expect(r"forgot 127\.0\.0\.1:\d+ after idle timeout, 1 online", timeout=5)
+    server.expect(r"^client 127\.0\.0\.1:\d+ dropped: idle for 0\.5s$", timeout=5)
     talker.write(b"/who\n")
     talker.expect(exact(b"* 1 online: %s" % talker.address.text.encode()))
-    lurker.sendto(b"/join", server.sockaddr)  # it may come back
-    assert recv_until(lurker, b"* welcome").endswith(b", 2 online\n")
+    drain(lurker)  # the talker's join notice, from before it was forgotten
+    assert join(server, lurker).endswith(b", 2 online\n")  # it may come back
     lurker.close()
+
+
+def test_defaults_agree(run):
+    """The client's keepalive (20 s) is well inside the server's idle timeout (60 s), so the
+    lab's own clients are never forgotten with the defaults."""
+    server_help = run("server", "--help").stdout.decode()
+    client_help = run("client", "--help").stdout.decode()
+    assert "forget a member silent this long (default 60)" in server_help
+    assert "(default 20;" in client_help
 
 
 # ------------------------------------------------------------------- client specifics
 
 def test_client_with_a_silent_server_times_out(run):
-    """A server that never welcomes: the client gives up after --timeout and exits 1."""
+    """A server that never answers: the client gives up after --timeout and exits 1."""
     silent = udp_socket()  # the port is taken, but nothing ever answers
     port = silent.getsockname()[1]
     result = run("client", "--port", str(port), "--timeout", "0.5")
@@ -407,6 +601,45 @@ def test_client_reads_stdin_and_socket_at_once(start):
     raw.close()
 
 
+def test_client_shows_others_text_escaped(start):
+    """What others send cannot act on the client's terminal: CR, ESC, OSC and BEL are shown
+    as \\r, \\x1b, \\x07; valid UTF-8 (Chinese) passes as it is; the server's log holds no
+    raw control byte either."""
+    server = start_server(start)
+    client = start_client(start, server)
+    [raw] = peers_after(server, client, socket.AF_INET)
+    name = name_of(raw).encode()
+    raw.sendto(b"\r\x1b[2K* alice left\x1b]0;owned\x07", server.sockaddr)
+    line = client.read_line()
+    assert line == name + rb": \r\x1b[2K* alice left\x1b]0;owned\x07"
+    raw.sendto("你好，世界".encode(), server.sockaddr)
+    assert client.read_line() == name + b": " + "你好，世界".encode()
+    raw.sendto(b"\xff\xfe bytes \xc3", server.sockaddr)  # not UTF-8
+    assert client.read_line() == name + rb": \xff\xfe bytes \xc3"
+    raw.sendto(b"/nick \x1b[31mred", server.sockaddr)
+    assert recv(raw).startswith(b"* bad nick")
+    for out in client.stdout_lines + server.stdout_lines:
+        assert not any(c < 0x20 or c == 0x7f for c in out), out
+    raw.close()
+
+
+def test_client_does_not_deadlock_on_a_16_mib_line(start, lab):
+    """A line of 16 MiB cannot be one datagram: the client says so on stderr and goes on with
+    the next line, which the others get."""
+    server = start_server(start)
+    [watcher] = peers(server, 1)
+    client = start_client(start, server)
+    name = client.address.text.encode()
+    assert recv(watcher) == b"* %s joined\n" % name
+    client.proc.stdin.write(b"a" * (16 << 20) + b"\nnext\n")  # the client reads as we write
+    client.close_stdin()
+    assert client.wait(60) == 0
+    assert "client: send %s: Message too long" % server.address.text in client.stderr
+    assert recv(watcher) == b"%s: next\n" % name
+    assert recv(watcher) == b"* %s left\n" % name
+    watcher.close()
+
+
 # ------------------------------------------------------------------ arguments, signals
 
 @pytest.mark.parametrize("prog,args", [
@@ -414,14 +647,19 @@ def test_client_reads_stdin_and_socket_at_once(start):
     ("server", ["--port", "nine"]),
     ("server", ["--no-such-flag"]),
     ("server", ["--max-clients", "0"]),
+    ("server", ["--max-clients", "501"]),
     ("server", ["--max-clients", "1001"]),
+    ("server", ["--max-message", "65001"]),
+    ("server", ["--max-message", "65507"]),
     ("server", ["--max-message", "65508"]),
     ("server", ["--idle-timeout", "-1"]),
+    ("server", ["--idle-timeout", "0"]),
     ("server", ["--rate", "x"]),
     ("server", ["--host", "300.1.1.1"]),
     ("server", ["1", "2"]),
     ("client", ["--timeout", "0"]),
     ("client", ["--keepalive", "-1"]),
+    ("client", ["--keepalive", "0"]),
     ("client", ["--port"]),
     ("client", ["a", "1", "extra"]),
 ])
@@ -441,22 +679,155 @@ def test_help(run, prog):
     assert result.stdout.startswith(b"usage: %s" % prog.encode())
 
 
-def test_sigterm_stops_server_and_client_cleanly(start):
-    """SIGTERM stops the client, which says goodbye first, and the server, both with status 0."""
+@pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_signal_stops_server_and_client_cleanly(start, signo):
+    """SIGTERM or SIGINT stops the client while it waits on stdin (it says goodbye first), and
+    the server, both with status 0."""
     server = start_server(start)
     [watcher] = peers(server, 1)
     client = start_client(start, server)
     name = client.address.text.encode()
     assert recv(watcher) == b"* %s joined\n" % name
-    client.send_signal(signal.SIGTERM)
+    client.send_signal(signo)
     assert client.wait() == 0
     assert recv(watcher) == b"* %s left\n" % name  # it said goodbye on its way out
-    assert server.stop(signal.SIGTERM) == 0
+    assert client.stderr == ""
+    assert server.stop(signo) == 0
+    assert server.stdout_lines[-1] == b"stopping on %s" % signo.name.encode()
     assert server.stderr == ""
     watcher.close()
 
 
+def test_flooded_server_stops_within_a_second(start):
+    """A relay flooded by a member and by unknown addresses (poll() never has to wait) stops on
+    SIGTERM. Allowed 3 s here for a loaded machine."""
+    server = start_server(start, "--rate", "1000000")
+    [member, other] = peers(server, 2)
+    stop = threading.Event()
+
+    def flood(sock):
+        sock.setblocking(False)
+        while not stop.is_set():
+            try:
+                sock.sendto(b"flood flood flood", server.sockaddr)
+            except OSError:
+                pass
+
+    strangers = [udp_socket() for _ in range(2)]
+    floods = [threading.Thread(target=flood, args=(s,), daemon=True)
+              for s in [member] + strangers]
+    for t in floods:
+        t.start()
+    try:
+        server.expect(r"^from .*: 17 bytes, relayed to 1$")
+        began = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(5) == 0
+        took = time.monotonic() - began
+    finally:
+        stop.set()
+        for t in floods:
+            t.join(5)
+        close_all([member, other] + strangers)
+    assert took < 3, "took %.2fs to stop" % took
+    assert server.stdout_lines[-1] == b"stopping on SIGTERM"
+
+
 # ----------------------------------------------------------------------- fault sweep
+
+def chat_served(server) -> None:
+    """Two fresh clients join and one hears the other: the relay still works."""
+    a, b = udp_socket(server.family), udp_socket(server.family)
+    with a, b:
+        join(server, a)
+        join(server, b)
+        a.sendto(b"ping", server.sockaddr)
+        assert recv_until(b, name_of(a).encode() + b":") == name_of(a).encode() + b": ping\n"
+        a.sendto(b"/quit", server.sockaddr)
+        b.sendto(b"/quit", server.sockaddr)
+        assert recv_until(a, b"* bye") == b"* bye %s\n" % name_of(a).encode()
+
+
+def chat_fault_garbage_empty_and_huge(server):
+    """A member sends 200 random datagrams (newlines and all), empty ones, a bare '/', a
+    nick of random bytes, NULs and a 65507-byte one."""
+    a, b = udp_socket(), udp_socket()
+    with a, b:
+        join(server, a)
+        join(server, b)
+        rng = os.urandom(64 * 1024)
+        garbage = [rng[i * 300: i * 300 + rng[i] * 5] for i in range(200)]
+        garbage += [b"", b"\n", b"/", b"/nick " + os.urandom(40), b"\0" * 1024, b"q" * 65507]
+        for i, data in enumerate(garbage):
+            a.sendto(data, server.sockaddr)
+            if i % 25 == 24:  # a round trip now and then: the server's buffer never overflows
+                sync(server, a, 2)
+        sync(server, a, 2)
+
+
+def chat_fault_many_source_ports_beyond_the_limit(server):
+    """100 clients join a relay started with --max-clients 40: 40 are welcomed, 60 told
+    the server is busy."""
+    socks = [udp_socket() for _ in range(100)]
+    try:
+        answers = []
+        for batch in range(0, len(socks), 20):  # 20 at a time: none lost to a full buffer
+            backs = [answer(server, s) for s in socks[batch: batch + 20]]
+            for s, back in zip(socks[batch: batch + 20], backs):
+                s.sendto(back, server.sockaddr)
+            answers += [recv_until(s, b"* ") for s in socks[batch: batch + 20]]
+        assert sum(1 for a in answers if a.startswith(b"* welcome ")) == 40
+        assert sum(1 for a in answers if a == b"* server busy\n") == 60
+        for s in socks[:40]:
+            s.sendto(b"/quit", server.sockaddr)
+            recv_until(s, b"* bye")
+    finally:
+        close_all(socks)
+
+
+def chat_fault_vanished_and_deaf_members(server):
+    """A member that vanished without /quit and one that never reads: 500 messages relayed
+    to them are dropped quietly, with nothing on the server's stderr."""
+    gone = udp_socket()
+    join(server, gone)
+    gone.close()  # every relay to it draws an ICMP error
+    deaf = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    deaf.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # full after a few
+    deaf.bind(("127.0.0.1", 0))
+    deaf.settimeout(5)
+    join(server, deaf)  # then it never reads again
+    with udp_socket() as talker, deaf:
+        join(server, talker)
+        for i in range(500):
+            talker.sendto(b"message %d" % i, server.sockaddr)
+            if i % 50 == 49:
+                sync(server, talker, 3)
+    assert server.stderr == ""  # dropped datagrams are the receivers' business, not errors
+
+
+def chat_fault_unverified_flood(server):
+    """2000 datagrams of every kind from 20 addresses that never answer their challenge:
+    nobody joins, and the relay sends them at most three times what they sent."""
+    sources = [udp_socket() for _ in range(20)]
+    try:
+        sent = received = 0
+        for i in range(100):
+            for s in sources:
+                data = [b"/join", b"/who", b"x" * (i % 9), b"/join 000000"][i % 4]
+                s.sendto(data, server.sockaddr)
+                sent += len(data)
+            if i % 10 == 9:
+                with udp_socket() as probe:  # a round trip: the relay has caught up
+                    answer(server, probe)
+                received += sum(len(d) for s in sources for d in drain(s))
+        assert received <= 3 * sent, (received, sent)
+    finally:
+        close_all(sources)
+
+
+CHAT_FAULTS = [chat_fault_garbage_empty_and_huge, chat_fault_many_source_ports_beyond_the_limit,
+               chat_fault_vanished_and_deaf_members, chat_fault_unverified_flood]
+
 
 @pytest.mark.faults
 @pytest.mark.parametrize("fault", CHAT_FAULTS, ids=fault_name)
