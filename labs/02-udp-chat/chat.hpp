@@ -95,10 +95,8 @@ class Room {
             refuse(out, client, "one line per message: a newline inside is refused");
         } else if (line.starts_with('/')) {
             command(client, line, out);
-        } else if (!line.empty()) {
+        } else if (!line.empty()) {  // an empty line is a keepalive: heard from, no more
             relay(client, line, out);
-        } else {  // a keepalive: heard from, nothing more
-            out.log.push_back("keepalive from " + client.name);
         }
     }
 

@@ -91,15 +91,17 @@ int main(int argc, char** argv) {
 
     std::vector<char> buffer(kBufferSize);
     while (!lab::stop_requested()) {
-        // 3. poll(): the loop waits for two kinds of event, a datagram and a deadline (the
-        //    moment the member heard from longest ago has been silent --idle-timeout), so
-        //    it sleeps until whichever comes first. A stop signal is a third: EINTR.
+        // 3. poll(): sleep until the first of three kinds of event: a datagram, a deadline
+        //    (the member heard from longest ago has been silent for --idle-timeout), or a
+        //    stop signal (poll() fails with EINTR, and the loop's test sees the flag).
         pollfd ready{sock.get(), POLLIN, 0};
         if (poll(&ready, 1, wait_ms(room)) == -1 && errno != EINTR) lab::die("poll");
+
+        // 4. The deadline: the Room forgets whoever has been silent too long.
         chat::Outcome out;
         room.expire(Clock::now(), out);
 
-        // 4. recvfrom(): the datagram and its sender, whose address is the only identity
+        // 5. recvfrom(): the datagram and its sender, whose address is the only identity
         //    a UDP client has; the Room decides what it means. MSG_DONTWAIT, because
         //    poll() may announce a datagram that is then dropped (a bad checksum).
         // TASK 02.receive
@@ -116,12 +118,13 @@ int main(int argc, char** argv) {
         }
         // END TASK
 
-        // 5. sendto() every copy the Room asked for: one datagram in, up to --max-clients
+        // 6. sendto() every copy the Room asked for: one datagram in, up to --max-clients
         //    out. A copy that fails concerns one member: it is logged, the others still
         //    get theirs. A member that vanished or never reads costs nothing more: the
         //    datagram is dropped on the way, and an unconnected socket is not told.
-        for (const std::string& line : out.log)
+        for (const std::string& line : out.log) {
             log(line);
+        }
         for (const chat::Send& send : out.sends) {
             for (const lab::Endpoint& to : send.to) {
                 // TASK 02.send
@@ -134,7 +137,7 @@ int main(int argc, char** argv) {
         }
     }
 
-    // 6. close(): the Fd closes the socket as main returns.
+    // 7. close(): the Fd closes the socket as main returns.
     log("stopping on ", lab::stop_signal_name());
     return lab::kExitOk;
 }
