@@ -107,31 +107,44 @@ class Bind:
 
 # --------------------------------------------------------------------- uid slots
 
+_slot_lock = threading.Lock()
+_slots_in_use: set[int] = set()
+_slot_fd = -1
+
+
 class Slot:
-    """A pair of host uids for one sandbox, held (flock) while the sandbox lives, so two
-    graders on one machine never share them."""
+    """A pair of host uids for one sandbox, held while the sandbox lives, so that two
+    sandboxes (of one grader or of two) never share them: a byte-range lock on one lock
+    file per machine (/run/lock/labs-grade-slots, never removed: locks end with the
+    process that held them, whatever happens to it)."""
 
     def __init__(self):
-        LOCK_DIR.mkdir(parents=True, exist_ok=True)
-        start = (os.getpid() * 7) % SLOTS
-        for k in range(SLOTS):
-            n = (start + k) % SLOTS
-            fd = os.open(LOCK_DIR / ("labs-grade-slot-%d" % n), os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            self.fd, self.number = fd, n
-            self.uid = SLOT_BASE + 2 * n
-            self.other_uid = self.uid + 1
-            return
+        global _slot_fd
+        with _slot_lock:
+            if _slot_fd < 0:  # kept open: closing any descriptor of it drops our locks
+                LOCK_DIR.mkdir(parents=True, exist_ok=True)
+                _slot_fd = os.open(LOCK_DIR / "labs-grade-slots", os.O_RDWR | os.O_CREAT, 0o600)
+            start = (os.getpid() * 7) % SLOTS
+            for k in range(SLOTS):
+                n = (start + k) % SLOTS
+                if n in _slots_in_use:
+                    continue
+                try:
+                    fcntl.lockf(_slot_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, n)
+                except OSError:
+                    continue
+                _slots_in_use.add(n)
+                self.number = n
+                self.uid = SLOT_BASE + 2 * n
+                self.other_uid = self.uid + 1
+                return
         raise SandboxError("no free sandbox slot")
 
     def release(self):
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        with _slot_lock:
+            if self.number in _slots_in_use:
+                fcntl.lockf(_slot_fd, fcntl.LOCK_UN, 1, self.number)
+                _slots_in_use.discard(self.number)
 
 
 # ------------------------------------------------------------------------ cgroups

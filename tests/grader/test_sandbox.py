@@ -143,3 +143,15 @@ def test_everything_ends_with_the_sandbox(box):
     r, out = sh(box, "setsid sleep 600 </dev/null >/dev/null 2>&1 & echo bye")
     assert r.returncode == 0 and "bye" in out
     assert not sandbox.processes_of_uids(box.uids)
+
+
+def test_sandboxes_never_share_their_users():
+    slots = [sandbox.Slot() for _ in range(5)]
+    try:
+        assert len({s.number for s in slots}) == 5
+        assert len({s.uid for s in slots} | {s.other_uid for s in slots}) == 10
+    finally:
+        for s in slots:
+            s.release()
+    again = sandbox.Slot()
+    again.release()
