@@ -177,10 +177,15 @@ class Grader:
                 self.kit_notes.append("lab %s has no TASK regions: its sources are not given, "
                                       "a submission must bring them all" % lab[:2])
                 continue
-            for f, text in texts.items():
+            try:  # a kit's own tree (tests/kit.json) is the kit already: taken as it is
+                kit_texts = {f: kitlib.strip_regions(t, f).text if has_tasks else t
+                             for f, t in texts.items()}
+            except kitlib.KitError as e:
+                self.kit_notes.append("lab %s's sources are not given: %s" % (lab[:2], e))
+                continue
+            for f, text in kit_texts.items():
                 out = self.kit_base / f
-                # A kit's own tree (tests/kit.json) is the kit already: taken as it is.
-                out.write_text(kitlib.strip_regions(text, f).text if has_tasks else text)
+                out.write_text(text)
                 os.chmod(out, 0o644)
         _readable_tree(self.workdir)
 
