@@ -1,249 +1,200 @@
-// 05-tcp-threads server: a TCP echo server that serves each connection on its own thread.
-//
-// The main thread only accepts. Each accepted descriptor is moved into a new thread, which
-// echoes until its client leaves and then removes itself from the set of live connections.
-// That set (under a mutex) is what lets the server refuse a client over --max-clients and,
-// on SIGTERM, wake every thread blocked in read() with shutdown() and join it.
-#include <poll.h>
+// 05-tcp-threads server: TCP echo, a thread per connection (UNP's threads/tcpserv01.c).
 #include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <chrono>
-#include <csignal>
-#include <cstdint>
-#include <map>
+#include <condition_variable>
+#include <cstring>
 #include <mutex>
 #include <string>
-#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "common/args.hpp"
-#include "common/endpoint.hpp"
 #include "common/error.hpp"
 #include "common/fd.hpp"
 #include "common/io.hpp"
 #include "common/signals.hpp"
 
-namespace {
-
 constexpr std::uint16_t kDefaultPort = 9905;
+constexpr int kBacklog = SOMAXCONN;
 constexpr long long kDefaultMaxClients = 64;
-constexpr long long kMostClients = 4096;    // upper bound for --max-clients
-constexpr int kBacklog = 128;               // connections the kernel queues before accept()
-constexpr std::size_t kBufferSize = 16384;  // one read() per loop turn, any size works
+constexpr long long kMaxClientsLimit = 4096;
+constexpr double kDefaultIdleTimeout = 60;
+constexpr std::size_t kBufferSize = 16384;
 constexpr std::string_view kBusyReply = "server busy\n";
-constexpr std::chrono::milliseconds kBusyPause{100};  // after accept() fails with EMFILE
+constexpr std::chrono::milliseconds kPause{100};  // when accept() finds no descriptor left
 
-constexpr const char* kUsage = R"(usage: server [--host ADDR] [--port N] [--max-clients N] [--quiet]
-       server [PORT]
+constexpr const char* kUsage = R"(usage: server [OPTIONS] [PORT]
 TCP echo server, one thread per connection.
-  -H, --host ADDR       address to listen on (default 127.0.0.1; :: or 0.0.0.0 for all)
-  -p, --port N          port to listen on (default 9905; 0 lets the kernel choose)
-      --max-clients N   connections served at once (default 64, at most 4096); one more
-                        gets "server busy" and is closed
-      --quiet           no log line per event
-      --help            this text
+  -H, --host ADDR             address to listen on (default 127.0.0.1; :: or 0.0.0.0 for all)
+  -p, --port N                port to listen on (default 9905; 0 lets the kernel choose)
+      --max-clients N         clients served at once (default 64, at most 4096)
+      --idle-timeout SECONDS  drop a client that neither sends nor reads for that long (60)
+      --quiet                 no log line per event
+      --help                  this text
 )";
 
-// The connections being served. Main adds one per accept and, on SIGTERM, shuts them all
-// down; each worker removes its own as it ends. One mutex guards all of it.
-class Connections {
-  public:
-    explicit Connections(std::size_t max) : max_(max) {}
+// A connected client. Its worker thread owns it, and so closes it on every path.
+struct Client {
+    lab::Fd conn;
+    std::string peer;
+};
 
-    // Takes a place for fd, or returns false when max connections are already served.
-    bool add(int fd) {
-        const std::lock_guard<std::mutex> guard(mutex_);
-        if (live_.size() >= max_) return false;
+// The connections being served, shared by main and the workers: one mutex guards it all.
+class Clients {
+    std::mutex mutex_;
+    std::condition_variable gone_;
+    std::vector<int> live_;
+
+  public:
+    bool admit(int fd, long long max) {
+        const std::lock_guard<std::mutex> lock(mutex_);
+        if (std::ssize(live_) >= max) return false;
         live_.push_back(fd);
         return true;
     }
-    void remove(int fd) {
-        const std::lock_guard<std::mutex> guard(mutex_);
+    // A worker's last call, while its Fd is open: main never shuts down a closed number.
+    void leave(int fd) {
+        const std::lock_guard<std::mutex> lock(mutex_);
         std::erase(live_, fd);
+        gone_.notify_one();
     }
-    // A worker's last call, made while its Fd is still open: main never shuts down a
-    // number that was closed (and maybe reused by a new accept) behind its back.
-    void finish(int fd) {
-        const std::lock_guard<std::mutex> guard(mutex_);
-        std::erase(live_, fd);
-        ended_.push_back(std::this_thread::get_id());
-    }
-    // The workers that have finished since the last call, for main to join.
-    std::vector<std::thread::id> take_ended() {
-        const std::lock_guard<std::mutex> guard(mutex_);
-        return std::exchange(ended_, {});
-    }
-    // SHUT_RDWR wakes a thread blocked in read() (it returns 0) or write() (EPIPE).
-    void shutdown_all() {
-        const std::lock_guard<std::mutex> guard(mutex_);
+    // Wakes every worker with shutdown(SHUT_RDWR) (a blocked read() returns 0, a blocked
+    // write() fails with EPIPE), then waits on gone_ until the last has left.
+    void stop_all() {
+        // TASK 05.stop-all
+        std::unique_lock<std::mutex> lock(mutex_);
         for (const int fd : live_)
             shutdown(fd, SHUT_RDWR);
+        gone_.wait(lock, [this] { return live_.empty(); });
+        // END TASK
     }
-    std::size_t count() {
-        const std::lock_guard<std::mutex> guard(mutex_);
-        return live_.size();
-    }
-
-  private:
-    std::mutex mutex_;
-    std::vector<int> live_;
-    std::vector<std::thread::id> ended_;
-    const std::size_t max_;
 };
 
-// A worker thread: echoes one client until it leaves. The thread owns `conn`, so the
-// descriptor is closed when the thread returns, on every path. (std::thread keeps its
-// own copy of every argument, so `peer` stays valid for as long as the thread runs.)
-void serve(lab::Fd conn, const std::string& peer, Connections& connections, const lab::Log& log) {
-    // A name that `ps -L`, `top -H` and /proc/PID/task/*/comm show (at most 15 bytes).
-    pthread_setname_np(pthread_self(), "worker");
-    std::vector<char> buffer(kBufferSize);
-    for (;;) {
-        // 6. read(): blocks this thread only; the others go on serving their clients.
-        const ssize_t n = read(conn.get(), buffer.data(), buffer.size());
-        if (n == -1 && errno == EINTR) continue;
-        if (n == -1) {
-            lab::warn("read", peer);  // a reset: drop this client only
-            break;
-        }
-        if (n == 0) break;  // end of stream: the client closed (or SIGTERM shut us down)
-        log("from ", peer, ": ", n, " bytes");
-        // 7. write(): the echo; write_all finishes short writes.
-        if (!lab::write_all(conn.get(), buffer.data(), static_cast<std::size_t>(n))) {
-            lab::warn("write", peer);
-            break;
-        }
-    }
-    connections.finish(conn.get());
-    log(peer, " left");
-}
-
-// Waits until a client is waiting to be accepted or a stop signal has come. The stop
-// signals are blocked in every thread, except inside ppoll(), which lets them in and
-// waits as one atomic step: a signal that came while main was busy stays pending and
-// ends this wait at once, instead of slipping in just before a blocking accept().
-bool wait_for_client(int listen_fd, const sigset_t& wait_mask) {
-    pollfd ready{listen_fd, POLLIN, 0};
-    while (!lab::stop_requested()) {
-        if (ppoll(&ready, 1, nullptr, &wait_mask) > 0) return true;
-        if (errno != EINTR) lab::die("ppoll");
-    }
-    return false;
-}
-
-// Joins the workers that have finished, so their stacks do not pile up.
-void join_ended(Connections& connections, std::map<std::thread::id, std::thread>& workers) {
-    for (const std::thread::id id : connections.take_ended()) {
-        workers.extract(id).mapped().join();
-    }
-}
-
-void refuse(const lab::Fd& conn, const std::string& peer, const lab::Log& log) {
-    log(peer, " refused: server busy");
-    if (!lab::write_all(conn.get(), kBusyReply)) lab::warn("write", peer);
-}
-
-}  // namespace
+static void start_worker(lab::Fd, const std::string&, Clients&, double, const lab::Log&);
+static void refuse(int fd, const std::string& peer, const lab::Log& log);
+static void accept_failed(const std::string& where, bool& told);
+static void set_idle_timeout(int fd, double seconds);
 
 int main(int argc, char** argv) {
-    bool quiet = false;
     long long max_clients = kDefaultMaxClients;
+    double idle_timeout = kDefaultIdleTimeout;
+    bool quiet = false;
     lab::Args args(kUsage);
     args.host_port("127.0.0.1", kDefaultPort, lab::Positionals::kPort);
-    args.option("--max-clients", &max_clients, 1, kMostClients);
+    args.option("--max-clients", &max_clients, 1, kMaxClientsLimit);
+    args.seconds("--idle-timeout", &idle_timeout);
     args.flag("--quiet", &quiet);
     args.parse(argc, argv);
     const lab::Endpoint local = args.endpoint(SOCK_STREAM);
+    const std::string where = lab::format_address(local);
     const lab::Log log(quiet);
-
     lab::handle_signals();
-    // Block SIGINT and SIGTERM before any thread exists: every worker inherits the mask,
-    // so a stop signal is never delivered to a worker, only to main inside ppoll().
-    // BEGIN SOLUTION: block SIGINT and SIGTERM with lab::block_stop_signals() before any
-    //   thread starts (it calls pthread_sigmask(SIG_BLOCK, ...)), and keep the mask it
-    //   returns in `wait_mask`: ppoll() in wait_for_client() lets exactly the stop signals in
-    // STUB: const sigset_t wait_mask =
-    // STUB:     lab::todo<sigset_t>("lab 05: block the stop signals before any thread starts");
-    sigset_t blocked;  // threads started from here on inherit this mask: main takes the signals
-    sigemptyset(&blocked);
-    for (const int signo : {SIGINT, SIGTERM, SIGALRM}) sigaddset(&blocked, signo);
-    sigset_t wait_mask;
-    pthread_sigmask(SIG_BLOCK, &blocked, &wait_mask);
-    // END SOLUTION
 
     // 1. socket(): the listening socket, which only ever hands out connections.
     const lab::Fd listen_fd(socket(local.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!listen_fd) lab::die("socket");
-    // 2. bind(): SO_REUSEADDR first, so a restart is not refused while old connections
-    //    linger in TIME_WAIT (lab 06 shows this).
+    // 2. bind(), SO_REUSEADDR first: a restart is not refused while TIME_WAIT lingers (lab 06).
     const int on = 1;
-    setsockopt(listen_fd.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
-    if (bind(listen_fd.get(), local.addr(), local.size) == -1) {
-        lab::die("bind", lab::format_address(local));
+    if (setsockopt(listen_fd.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) == -1) {
+        lab::die("setsockopt SO_REUSEADDR");
     }
+    if (bind(listen_fd.get(), local.addr(), local.size) == -1) lab::die("bind", where);
     // 3. listen(): from here the kernel completes handshakes on its own.
-    if (listen(listen_fd.get(), kBacklog) == -1) {
-        lab::die("listen", lab::format_address(local));
-    }
+    if (listen(listen_fd.get(), kBacklog) == -1) lab::die("listen", where);
     const auto bound = lab::local_endpoint(listen_fd.get());
     if (!bound) lab::die("getsockname");
     lab::print_ready("tcp", *bound);
-
-    Connections connections(static_cast<std::size_t>(max_clients));
-    std::map<std::thread::id, std::thread> workers;  // touched by main only
-    while (wait_for_client(listen_fd.get(), wait_mask)) {
-        join_ended(connections, workers);
-        // 4. accept(): ppoll() said a connection is queued.
-        lab::Endpoint peer_address;
-        lab::Fd conn(
-            accept4(listen_fd.get(), peer_address.addr(), &peer_address.size, SOCK_CLOEXEC));
+    Clients clients;
+    bool told = false;  // that we are out of descriptors (accept_failed() says it once)
+    while (!lab::stop_requested()) {
+        // 4. accept() sleeps until a client comes, or a stop signal interrupts it (EINTR).
+        lab::Endpoint peer;
+        lab::Fd conn(accept4(listen_fd.get(), peer.addr(), &peer.size, SOCK_CLOEXEC));
         if (!conn) {
-            // ECONNABORTED: the client gave up while queued. EMFILE: out of descriptors;
-            // pause, or ppoll() would report the same queued client again at once.
-            const int err = errno;
-            lab::warn("accept", lab::format_address(*bound), err);
-            if (err == EMFILE || err == ENFILE) std::this_thread::sleep_for(kBusyPause);
-            continue;
+            accept_failed(where, told);
+        } else if (!clients.admit(conn.get(), max_clients)) {
+            refuse(conn.get(), lab::format_address(peer), log);  // then the Fd closes it
+        } else {
+            // 5. A thread per connection, which alone owns the descriptor from now on.
+            start_worker(std::move(conn), lab::format_address(peer), clients, idle_timeout, log);
         }
-        const std::string peer = lab::format_address(peer_address);
-        const int fd = conn.get();
-        if (!connections.add(fd)) {
-            refuse(conn, peer, log);
-            continue;  // the Fd closes the connection
-        }
-        log(peer, " connected (", connections.count(), " clients)");
-        // 5. One thread per connection. The Fd is moved into it: from now on the thread
-        //    alone owns the descriptor, and no shared fixed-size table is needed.
-        // BEGIN SOLUTION: hand the connection to a new std::thread running serve(), passing
-        //   std::move(conn), peer, std::ref(connections) and std::cref(log); keep it in
-        //   `workers` under its get_id(); if that throws std::system_error,
-        //   connections.remove(fd) and lab::report_message("thread for", peer, e.what())
-        try {
-            std::thread worker(serve, std::move(conn), peer, std::ref(connections), std::cref(log));
-            const std::thread::id id = worker.get_id();
-            workers.emplace(id, std::move(worker));
-        } catch (const std::system_error& e) {
-            // Out of threads or memory: the Fd inside the failed thread closed the socket.
-            connections.remove(fd);
-            lab::note("thread for " + peer + ": " + e.what());
-        }
-        // END SOLUTION
     }
-
-    // 8. Stop: no more accepts; wake every worker, then wait for each to finish.
-    log("stopping on ", lab::stop_signal_name(), ": closing ", connections.count(),
-        " connections");
-    // BEGIN SOLUTION: wake every worker with connections.shutdown_all() (SHUT_RDWR on each
-    //   live connection), then join() every thread in `workers`
-    connections.shutdown_all();
-    for (auto& [id, worker] : workers)
-        worker.join();
-    // END SOLUTION
+    // 6. Stop: no more accept(); wake every worker, wait until the last has left.
+    log("stopping on ", lab::stop_signal_name());
+    clients.stop_all();
     return lab::kExitOk;
+}
+
+// A worker thread: lab 03's echo loop for one client, on a thread of its own.
+static void serve(Client client, Clients& clients, double idle_timeout, const lab::Log& log) {
+    pthread_setname_np(pthread_self(), "worker");  // what ps -L and top -H show
+    log("client ", client.peer, " connected: thread ", gettid());
+    set_idle_timeout(client.conn.get(), idle_timeout);
+    long long total = 0;
+    ssize_t n = 0;  // 0 at the end of the stream, else read() or write() failed
+    // TASK 05.echo
+    std::vector<char> buffer(kBufferSize);
+    // 7. read() blocks this thread only. No EINTR: the thread blocks every signal.
+    while ((n = read(client.conn.get(), buffer.data(), buffer.size())) > 0) {
+        log("from ", client.peer, ": ", n, " bytes");
+        // 8. write(): the echo; write_all() finishes short writes.
+        if (!lab::write_all(client.conn.get(), buffer.data(), static_cast<std::size_t>(n))) break;
+        total += n;
+    }
+    // END TASK
+    if (n == 0)
+        log("client ", client.peer, " left after ", total, " bytes");
+    else if (errno == EAGAIN)
+        log("client ", client.peer, " dropped: idle for ", lab::seconds_text(idle_timeout));
+    else
+        log("client ", client.peer, " dropped: ", std::strerror(errno));
+    clients.leave(client.conn.get());  // then the Fd closes the connection as serve() returns
+}
+
+// Starts a detached thread running serve(): nobody joins it, its stack is freed as it ends. It
+// starts with its creator's signal mask: block all for the creation, then restore main's, so
+// SIGINT, SIGTERM and SIGALRM reach only main's accept(). No thread to be had: drop the client.
+static void start_worker(lab::Fd conn, const std::string& peer, Clients& clients,
+                         double idle_timeout, const lab::Log& log) {
+    // TASK 05.start-worker
+    sigset_t all, main_mask;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &main_mask);
+    const int fd = conn.get();
+    try {
+        std::thread(serve, Client{std::move(conn), peer}, std::ref(clients), idle_timeout,
+                    std::cref(log))
+            .detach();
+    } catch (const std::system_error& e) {  // the Client went with the thread that never ran
+        clients.leave(fd);
+        log("client ", peer, " dropped: ", e.what());
+    }
+    pthread_sigmask(SIG_SETMASK, &main_mask, nullptr);
+    // END TASK
+}
+
+// The fault: one client too many. The answer: a line that says so, then the caller closes.
+static void refuse(int fd, const std::string& peer, const lab::Log& log) {
+    log("refused ", peer, ": server busy");
+    (void)lab::write_all(fd, kBusyReply);  // best effort: the peer may be gone already
+}
+
+// The fault: out of descriptors, where accept() fails at once again and again (a spin).
+static void accept_failed(const std::string& where, bool& told) {
+    if (errno == EINTR || errno == ECONNABORTED) return;  // a signal; a client that gave up
+    const bool out = errno == EMFILE || errno == ENFILE;
+    if (!out || !std::exchange(told, true)) lab::warn("accept", where);
+    if (out) std::this_thread::sleep_for(kPause);  // until a client leaves and frees one
+}
+
+// The fault: a client that neither sends nor reads, holding its place for ever.
+static void set_idle_timeout(int fd, double seconds) {
+    const timeval limit = lab::to_timeval(seconds);  // rounded up: 0 would mean "never"
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);  // read() fails with EAGAIN
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);  // write() too
 }
