@@ -7,13 +7,10 @@
 #pragma once
 
 #include <algorithm>
-#include <cctype>
 #include <chrono>
 #include <cstddef>
-#include <functional>
 #include <list>
 #include <optional>
-#include <random>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -21,13 +18,10 @@
 
 #include "common/endpoint.hpp"
 #include "common/io.hpp"
+#include "labs/02-udp-chat/defences.hpp"
 
 namespace chat {
 
-using Clock = std::chrono::steady_clock;
-
-constexpr std::size_t kMaxNick = 16;
-constexpr std::size_t kAmplification = 3;  // bytes sent to an unverified address per byte in
 constexpr std::string_view kBusyReply = "* server busy\n";
 
 struct Limits {             // server.cpp's options, with their defaults and ceilings
@@ -51,32 +45,20 @@ struct Client {
     lab::Endpoint address;  // the key: IP *and* port, IPv4 or IPv6
     std::string name;       // the address as text, until /nick
     Clock::time_point last_heard;
-    Clock::time_point window_start;  // the rate limit counts datagrams per one-second window
-    long long in_window = 0;
+    RateWindow window;  // defences.hpp
 };
 
 inline std::string notice(std::string_view text) {
     return "* " + std::string(text) + "\n";
 }
 
-// 1 to 16 letters, digits, '-' or '_': never ':' or '.', so no nick passes for an address.
-inline bool valid_nick(std::string_view nick) {
-    return !nick.empty() && nick.size() <= kMaxNick && std::ranges::all_of(nick, [](char c) {
-        return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '-' || c == '_';
-    });
-}
-
 class Room {
   public:
-    explicit Room(Limits limits)
-        : limits_(limits),
-          idle_(std::chrono::duration_cast<Clock::duration>(
-              std::chrono::duration<double>(limits.idle_seconds))) {
-        std::random_device random;  // a new secret at every start: old cookies stop working
-        secret_ = std::to_string(random()) + "." + std::to_string(random());
-    }
+    explicit Room(Limits limits) : limits_(limits), idle_(limits.idle_seconds) {}
 
-    // One datagram of `bytes` from `from`, at `now`.
+    // One datagram of `bytes` from `from`, at `now`. An unknown address goes to the gate; a
+    // member passes the rate limit (leaving never counts), the size limit and the one-line
+    // rule, in that order, before its line is a command or is relayed.
     void receive(const lab::Endpoint& from, std::string_view bytes, Clock::time_point now,
                  Outcome& out) {
         const std::string_view line =
@@ -86,7 +68,13 @@ class Room {
         members_.splice(members_.end(), members_, it);  // heard from now: the last to expire
         Client& client = members_.back();
         client.last_heard = now;
-        if (line != "/quit" && over_rate(client, now, out)) return;  // leaving is never limited
+        const long long over = line == "/quit" ? 0 : client.window.add(now, limits_.rate);
+        if (over == 1) {
+            refuse(out, client,
+                   "rate limit: " + std::to_string(limits_.rate) +
+                       " messages a second; dropping the rest");
+        }
+        if (over > 0) return;
         if (bytes.size() > static_cast<std::size_t>(limits_.max_message)) {
             refuse(out, client,
                    "message too long: " + std::to_string(bytes.size()) + " bytes, the limit is " +
@@ -103,7 +91,7 @@ class Room {
     // The timer event. Members are kept in the order they were last heard from, so the
     // front is always the next to have been silent too long: forget from the front.
     void expire(Clock::time_point now, Outcome& out) {
-        while (!members_.empty() && now >= members_.front().last_heard + idle_) {
+        while (!members_.empty() && now - members_.front().last_heard >= idle_) {
             const std::string name = members_.front().name;
             members_.pop_front();
             out.sends.push_back({everyone(), notice(name + " left (idle)")});
@@ -111,46 +99,31 @@ class Room {
                               lab::seconds_text(limits_.idle_seconds));
         }
     }
-    [[nodiscard]] std::optional<Clock::time_point> next_expiry() const {
+    // Seconds until the member heard from longest ago is to be forgotten (none: nobody here).
+    [[nodiscard]] std::optional<double> seconds_left(Clock::time_point now) const {
         if (members_.empty()) return std::nullopt;
-        return members_.front().last_heard + idle_;
+        return std::chrono::duration<double>(idle_ - (now - members_.front().last_heard)).count();
     }
     [[nodiscard]] std::size_t size() const noexcept { return members_.size(); }
-
-    // Six letters or digits only this server can compute for this address, from its random
-    // secret: 62^6 is about 2^36, so a "/join COOKIE" forged for someone else's address is a
-    // blind guess. (std::hash is no cryptographic MAC; a real service uses SipHash or HMAC.)
-    [[nodiscard]] std::string cookie(const lab::Endpoint& address) const {
-        constexpr std::string_view kDigits =
-            "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
-        std::size_t value = std::hash<std::string>{}(secret_ + lab::format_address(address));
-        std::string text(6, '0');
-        for (char& digit : text)
-            digit = kDigits[(value /= kDigits.size()) % kDigits.size()];
-        return text;
-    }
+    [[nodiscard]] const Gate& gate() const noexcept { return gate_; }
 
   private:
-    // The defence against amplification (RFC 9000, section 8.1): an address that has not
-    // shown it receives what is sent to it gets at most three times the bytes it sent. Its
-    // one answer is the line to send back, "* /join COOKIE" (15 bytes: three times "/join");
-    // whoever sends that back from the same address has received it, and may join. Nothing
-    // is stored meanwhile: the cookie is computed again when the line comes back.
+    // An address that is no member: the join line sent back joins it (or draws "server
+    // busy" in a full room); anything else is answered as the gate allows (defences.hpp).
     void stranger(const lab::Endpoint& from, std::size_t size, std::string_view line,
                   Clock::time_point now, Outcome& out) {
         const std::string text = lab::format_address(from);
-        const std::string answer = "/join " + cookie(from);
-        if (line != answer) {
-            const bool affordable = notice(answer).size() <= size * kAmplification;
-            if (affordable) out.sends.push_back({{from}, notice(answer)});
+        if (line != gate_.join_line(from)) {
+            const auto answer = gate_.answer(from, size);
+            if (answer) out.sends.push_back({{from}, *answer});
             out.log.push_back("unverified " + text + ": " + std::to_string(size) + " bytes, " +
-                              (affordable ? "answered with its cookie" : "too few to answer"));
+                              (answer ? "answered with its cookie" : "too few to answer"));
         } else if (members_.size() >= static_cast<std::size_t>(limits_.max_clients)) {
             out.sends.push_back({{from}, std::string(kBusyReply)});
             out.log.push_back("refused " + text + ": server busy");
         } else {
             out.sends.push_back({everyone(), notice(text + " joined")});
-            members_.push_back(Client{from, text, now, now, 0});
+            members_.push_back(Client{from, text, now, RateWindow{now}});
             tell(out, members_.back(), "welcome " + text + ", " + online());
             out.log.push_back("client " + text + " joined, " + online());
         }
@@ -183,8 +156,9 @@ class Room {
             out.log.push_back("client " + old + " is now " + wanted);
         } else if (name == "/who") {
             std::string list = online() + ":";
-            for (const Client& c : members_)
+            for (const Client& c : members_) {
                 list += (&c == &members_.front() ? " " : ", ") + c.name;
+            }
             tell(out, client, list);
         } else if (name == "/quit") {
             const std::string gone = client.name;
@@ -197,22 +171,6 @@ class Room {
         } else {
             tell(out, client, "unknown command; try /nick NAME, /who, /quit");
         }
-    }
-
-    // The defence against a member's flood: a fixed one-second window per member, and one
-    // notice when it overflows (a notice per dropped datagram would let a flood make the
-    // server send as much as it receives).
-    bool over_rate(Client& client, Clock::time_point now, Outcome& out) const {
-        if (now - client.window_start >= std::chrono::seconds(1)) {
-            client.window_start = now;
-            client.in_window = 0;
-        }
-        if (++client.in_window == limits_.rate + 1) {
-            refuse(out, client,
-                   "rate limit: " + std::to_string(limits_.rate) +
-                       " messages a second; dropping the rest");
-        }
-        return client.in_window > limits_.rate;
     }
 
     // Every member's address but `skip`'s: a relay never echoes to the sender.
@@ -233,8 +191,8 @@ class Room {
     [[nodiscard]] std::string online() const { return std::to_string(members_.size()) + " online"; }
 
     Limits limits_;
-    Clock::duration idle_;
-    std::string secret_;
+    std::chrono::duration<double> idle_;  // seconds
+    Gate gate_;
     std::list<Client> members_;  // in the order they were last heard from, oldest first
 };
 

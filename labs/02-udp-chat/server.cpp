@@ -144,12 +144,11 @@ int main(int argc, char** argv) {
 
 namespace {
 
-// How long poll() may sleep, in milliseconds: until the member heard from longest ago
-// would be forgotten (rounded up, so never a busy 0), or for ever (-1) in an empty room.
+// How long poll() may sleep, in milliseconds: until the member heard from longest ago is
+// to be forgotten (rounded up, so never a busy 0), or for ever (-1) in an empty room.
 int wait_ms(const chat::Room& room) {
-    const auto expiry = room.next_expiry();
-    if (!expiry) return -1;
-    return lab::to_milliseconds(std::chrono::duration<double>(*expiry - Clock::now()).count());
+    const auto left = room.seconds_left(Clock::now());
+    return left ? lab::to_milliseconds(*left) : -1;
 }
 
 }  // namespace

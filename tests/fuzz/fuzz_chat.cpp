@@ -37,7 +37,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         i += 3 + len;
         const lab::Endpoint from = sender(who);
         const std::string from_text = lab::format_address(from);
-        if (bytes.starts_with('\x01')) bytes = "/join " + room.cookie(from);
+        if (bytes.starts_with('\x01')) bytes = room.gate().join_line(from);
         chat::Outcome out;
         if ((who & 0x80) != 0) {
             room.expire(now, out);
