@@ -94,7 +94,6 @@ int main(int argc, char** argv) {
         }
     }
     if (where.dgram) serve_datagrams(sock.get(), log);
-    log("stopping on ", lab::stop_signal_name());
 
     // close() leaves the socket file behind: unlink() it if it is still the one bind()
     // made, and before sock closes, so that a server starting meanwhile finds us live.
@@ -102,6 +101,7 @@ int main(int argc, char** argv) {
     if (!where.abstract && lstat(where.path.c_str(), &now) == 0 && now.st_ino == created.st_ino) {
         unlink(where.path.c_str());
     }
+    log("stopping on ", lab::stop_signal_name());
     return lab::kExitOk;
 }
 

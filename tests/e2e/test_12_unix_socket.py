@@ -240,7 +240,7 @@ def test_dgram_python_peer_socat_and_an_unbound_sender(start, tmp_path):
         s.sendto(b"named", path)
         assert s.recvfrom(100) == (b"named", path)
     server.expect(r"^from %s: 5 bytes$" % str(tmp_path / "peer.sock"))
-    out = subprocess.run(["socat", "-t", "5", "-", "UNIX-SENDTO:%s,bind=%s"
+    out = subprocess.run(["socat", "-t", "2", "-", "UNIX-SENDTO:%s,bind=%s"
                           % (path, tmp_path / "socat.sock")], input=b"via socat\n",
                          capture_output=True, timeout=20)
     assert (out.returncode, out.stdout) == (0, b"via socat\n"), out.stderr
@@ -512,7 +512,7 @@ def test_permissions_keep_other_users_out(start):
 @pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT])
 def test_path_removed_on_signal(start, tmp_path, signo):
     """A stopped server removes its socket file: stream or datagram, idle or with a
-    client connected."""
+    client connected; the file is gone by the time it logs 'stopping on SIGTERM'."""
     path = sock_path(tmp_path)
     server = start("server", "--path", path)
     assert os.path.exists(path)
@@ -525,9 +525,10 @@ def test_path_removed_on_signal(start, tmp_path, signo):
     with unix_connect(path) as s:
         s.sendall(b"hold\n")
         assert recv_exactly(s, 5) == b"hold\n"
-        assert server.stop(signo) == 0  # blocked in recvmsg() on this client: EINTR, then out
-        assert server.stdout_lines[-1] == ("stopping on %s" % signo.name).encode()
-    assert not os.path.exists(path)
+        server.send_signal(signo)  # blocked in recvmsg() on this client: EINTR, then out
+        server.expect("^stopping on %s$" % signo.name)
+        assert not os.path.exists(path)  # gone before the server says it is stopping
+        assert server.wait() == 0
 
 
 def test_a_replaced_socket_file_is_not_removed(start, tmp_path):
@@ -909,13 +910,16 @@ def test_dgram_reports_replies_it_cannot_send(start, tmp_path):
     """Echoes to a sender that vanished, or to one that never reads, fail; the server logs
     each (one peer's trouble is an event, not the server's failure) and goes on."""
     server = start("server", "--path", sock_path(tmp_path), "--dgram")
-    dgram_fault_vanished_senders(server)
-    server.expect(r"^reply to %s dropped: Connection refused$" % AUTOBOUND.decode())
+    dgram_fault_vanished_senders(server)  # most are gone before their echo: refused
     for hog in dgram_fault_never_reads(server):
         dgram_echoes(server)
         hog.close()
-    server.expect(r"^reply to %s dropped: Resource temporarily unavailable$"
-                  % AUTOBOUND.decode())
+    dropped = re.compile(rb"^reply to " + AUTOBOUND + rb" dropped: (.*)$")
+
+    def reasons():
+        return {m.group(1) for m in map(dropped.match, server.stdout_lines) if m}
+    wait_until(lambda: b"Resource temporarily unavailable" in reasons(), what="EAGAIN")
+    assert reasons() <= {b"Connection refused", b"Resource temporarily unavailable"}
     dgram_echoes(server)
     assert server.stderr == ""
 
