@@ -154,11 +154,11 @@ void Server::accept_clients() {
 // read() one chunk if readable, write() what the socket takes if output waits: neither can
 // block. False when the client is finished: it has left, or failed.
 bool Server::serve(Client& client, const fd_set& readable, const fd_set& writable) const {
+    ssize_t n = 0;  // what the last read() or write() returned
     // TASK 07.echo
     const int fd = client.fd.get();
     const bool can_read = FD_ISSET(fd, &readable), can_write = FD_ISSET(fd, &writable);
     char chunk[kReadChunk];
-    ssize_t n = 0;
     if (can_read) {
         n = read(fd, chunk, std::min<long long>(kReadChunk, max_buffer - std::ssize(client.out)));
         if (n > 0) client.out.append(chunk, static_cast<std::size_t>(n));
@@ -175,8 +175,8 @@ bool Server::serve(Client& client, const fd_set& readable, const fd_set& writabl
         return false;
     }
     // END TASK
-    if (n > 0) client.deadline = now() + idle_timeout;   // it sent or took bytes
-    if (client.out.empty()) client.out.shrink_to_fit();  // an idle client holds no buffer
+    if (n > 0) client.deadline = now() + idle_timeout;             // it sent or took bytes
+    if (client.out.empty() && n <= 0) client.out.shrink_to_fit();  // quiet: no buffer held
     if (!client.eof || !client.out.empty()) return true;
     log("client ", client.peer, " left after ", client.bytes, " bytes");
     return false;

@@ -155,10 +155,10 @@ void Server::accept_clients() {
 // block. False once the client has left or failed. POLLERR and POLLHUP come unasked (ignored,
 // they would wake poll() at once, for ever): the read() or write() they lead to says why.
 bool Server::serve(Client& client, short revents) const {
+    ssize_t n = 0;  // what the last read() or write() returned
     // TASK 08.echo
     const int fd = client.fd.get();
     char chunk[kReadChunk];
-    ssize_t n = 0;
     if ((revents & (POLLIN | POLLERR | POLLHUP)) && std::ssize(client.out) < max_buffer) {
         n = read(fd, chunk, std::min<long long>(kReadChunk, max_buffer - std::ssize(client.out)));
         if (n > 0) client.out.append(chunk, static_cast<std::size_t>(n));
@@ -175,8 +175,8 @@ bool Server::serve(Client& client, short revents) const {
         return false;
     }
     // END TASK
-    if (n > 0) client.deadline = now() + idle_timeout;   // it sent or took bytes
-    if (client.out.empty()) client.out.shrink_to_fit();  // an idle client holds no buffer
+    if (n > 0) client.deadline = now() + idle_timeout;             // it sent or took bytes
+    if (client.out.empty() && n <= 0) client.out.shrink_to_fit();  // quiet: no buffer held
     if (!client.eof || !client.out.empty()) return true;
     log("client ", client.peer, " left after ", client.bytes, " bytes");
     return false;
