@@ -92,6 +92,8 @@ def leftovers():
     return sandbox.processes_of_uids(range(sandbox.SLOT_BASE, sandbox.SLOT_BASE + 2 * sandbox.SLOTS))
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_grading_finds_what_the_tests_find_run_directly(tmp_path, lab01_built):
     labs, doc, out = grade(tmp_path, BIN, "01")
     direct = direct_failures(tmp_path, LAB)
@@ -103,6 +105,8 @@ def test_grading_finds_what_the_tests_find_run_directly(tmp_path, lab01_built):
     assert '<testsuite name="01-udp-echo"' in junit
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_a_server_that_exits_at_once_costs_only_its_lab(tmp_path, lab01_built):
     other = other_lab()
     reference, _, _ = grade(tmp_path, BIN, other[:2])
@@ -117,6 +121,8 @@ def test_a_server_that_exits_at_once_costs_only_its_lab(tmp_path, lab01_built):
 
 
 @needs_sandbox
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_a_lab_stopped_at_its_time_limit_keeps_the_tests_that_passed(tmp_path, lab01_built):
     # The first four server starts are the real server; the fifth hangs without a ready
     # line, longer than the lab's time limit.
@@ -136,6 +142,8 @@ def test_a_lab_stopped_at_its_time_limit_keeps_the_tests_that_passed(tmp_path, l
 
 
 @needs_sandbox
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_a_hang_is_stopped_in_bounded_time_and_nothing_is_left(tmp_path, lab01_built):
     script = "#!/bin/sh\nsetsid sleep 600 </dev/null >/dev/null 2>&1 &\nexec sleep 600\n"
     fake = fake_build(tmp_path, {LAB + "/server": script})
@@ -149,6 +157,8 @@ def test_a_hang_is_stopped_in_bounded_time_and_nothing_is_left(tmp_path, lab01_b
     assert not list(Path("/sys/fs/cgroup").glob("*/**/labs-grade-*"))
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_an_empty_build_scores_0(tmp_path):
     (tmp_path / "empty").mkdir()
     labs, doc, out = grade(tmp_path, tmp_path / "empty", "01,03")
@@ -156,6 +166,8 @@ def test_an_empty_build_scores_0(tmp_path):
     assert all("is not built" in lab["reason"] for lab in labs.values()), out
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_without_the_sandbox_too(tmp_path, lab01_built):
     labs, doc, out = grade(tmp_path, BIN, "01", "--no-sandbox")
     assert "not sandboxed" in out

@@ -35,8 +35,10 @@ GRADE_CLASS = [sys.executable, str(REPO / "scripts" / "grade-class")]
 MALICIOUS = Path(__file__).resolve().parent / "malicious"
 LABS = ("01", "03")
 
-pytestmark = pytest.mark.skipif(sandbox.available() is not None,
-                                reason="grade-class needs the sandbox: %s" % sandbox.available())
+# A class takes minutes to grade (more on a loaded machine): the first test waits for it.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800),
+              pytest.mark.skipif(sandbox.available() is not None,
+                                 reason="grade-class needs the sandbox: %s" % sandbox.available())]
 
 
 def lab_dir(tree, num):

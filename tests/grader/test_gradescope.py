@@ -22,7 +22,7 @@ from gradescope_schema import validate_results  # noqa: E402
 from grading import sandbox  # noqa: E402
 from test_student_kit import lab_dir, secret_lines  # noqa: E402
 
-pytestmark = [pytest.mark.slow,
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800),
               pytest.mark.skipif(sandbox.available() is not None,
                                  reason="needs the sandbox: %s" % sandbox.available())]
 

@@ -187,6 +187,7 @@ def clean_env():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_the_untouched_kit_builds_and_each_program_stops_at_its_first_todo(kit, tmp_path):
     targets = ["build/%s/%s" % (lab_dir(kit, n).name, prog) for n in LABS
                for prog in ("server", "client")]
@@ -211,6 +212,7 @@ def grade(tree, src, tmp_path, name):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @pytest.mark.skipif(sandbox.available() is not None, reason="needs the sandbox (root, bubblewrap)")
 def test_a_students_local_score_is_the_official_one(instructor, tmp_path):
     p = kit_of(instructor, tmp_path / "kit", "--labs", "01", "--baseline")
