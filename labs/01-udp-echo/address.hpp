@@ -22,20 +22,20 @@ namespace addr {
 // query. A lab::Endpoint starts zeroed, as sin_zero must be.
 inline std::optional<lab::Endpoint> from_text(const std::string& host, std::uint16_t port) {
     // TASK 01.address
-    lab::Endpoint address;
-    auto* v4 = reinterpret_cast<sockaddr_in*>(&address.storage);
+    lab::Endpoint parsed;
+    auto* v4 = reinterpret_cast<sockaddr_in*>(&parsed.storage);
     if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
         v4->sin_family = AF_INET;
         v4->sin_port = htons(port);
-        address.size = sizeof(sockaddr_in);
-        return address;
+        parsed.size = sizeof(sockaddr_in);
+        return parsed;
     }
-    auto* v6 = reinterpret_cast<sockaddr_in6*>(&address.storage);
+    auto* v6 = reinterpret_cast<sockaddr_in6*>(&parsed.storage);
     if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
         v6->sin6_family = AF_INET6;
         v6->sin6_port = htons(port);
-        address.size = sizeof(sockaddr_in6);
-        return address;
+        parsed.size = sizeof(sockaddr_in6);
+        return parsed;
     }
     return std::nullopt;
     // END TASK

@@ -113,13 +113,13 @@ void ask(Exchange& ex, std::string_view line) {
     for (;;) {
         const std::chrono::duration<double> left = deadline - Clock::now();
         if (!lab::wait_readable(ex.sock, left.count())) break;  // timed out, or stopped
-        lab::Endpoint from;
+        lab::Endpoint sender;
         const ssize_t n = ex.connected ? recv(ex.sock, ex.reply.data(), ex.reply.size(), 0)
                                        : recvfrom(ex.sock, ex.reply.data(), ex.reply.size(), 0,
-                                                  from.addr(), &from.size);
+                                                  sender.addr(), &sender.size);
         if (n == -1 && errno == EINTR) continue;
         if (n == -1) lab::die(ex.connected ? "recv" : "recvfrom", ex.server_text);
-        if (!ex.connected && from != ex.server) continue;
+        if (!ex.connected && sender != ex.server) continue;
         lab::print_payload({ex.reply.data(), static_cast<std::size_t>(n)});
         return;
     }

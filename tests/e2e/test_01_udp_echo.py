@@ -105,7 +105,7 @@ def test_an_ipv6_socket_on_any_address_hears_ipv4_as_mapped_addresses(start, run
 
 @pytest.mark.parametrize("prog", ["server", "client"])
 @pytest.mark.parametrize("host", ["localhost", "999.1.1.1", "::1::2"])
-def test_a_host_is_an_address_literal_never_a_name(run, prog, host):
+def test_bad_host_a_name_or_no_literal_is_a_usage_error(run, prog, host):
     """Lab 01 builds its addresses by hand from literals: a name, or a literal that does not
     parse, is a usage error that says names come in lab 03 (nothing is looked up)."""
     result = run(prog, "--host", host, "--port", "0" if prog == "server" else "9")
