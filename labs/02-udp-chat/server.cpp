@@ -50,7 +50,7 @@ UDP chat relay: sends each member's line to every other member.
       --max-message BYTES  longest line relayed, 1 to 65000 (default 1024)
       --rate N             datagrams a second one member may send (default 20)
       --help               this text
-To join, send any line: the answer is the line to send back ("* /join COOKIE").
+To join, send a line of 5 bytes or more, then the line it is answered with (/join COOKIE).
 Members may send /nick NAME, /who, /quit; anything else is relayed.
 )";
 
