@@ -10,7 +10,6 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -50,9 +49,13 @@ struct Connection {
     unsigned long long received = 0;
 };
 
+// What one round of pump() saw. A failure goes back to main, whose return closes the socket.
+enum class Pumped { kMore, kClosed, kFailed };
+
 AddressList look_up(const lab::Args& args);
-bool pump(Connection& conn, std::string_view* unsent);
-[[noreturn]] void not_an_echo(const Connection& conn);
+Pumped pump(Connection& conn, std::string_view* unsent);
+Pumped failed(const char* call, const std::string& where);
+int not_an_echo(const Connection& conn);
 
 }  // namespace
 
@@ -90,71 +93,80 @@ int main(int argc, char** argv) {
         conn.sent += line->size();
         std::string_view unsent = *line;
         while (!unsent.empty() || conn.received < conn.sent) {
-            if (!pump(conn, &unsent)) {
-                lab::fatal("connection closed by " + conn.where + " after " +
-                           std::to_string(conn.received) + " of " + std::to_string(conn.sent) +
-                           " bytes");
-            }
+            const Pumped got = pump(conn, &unsent);
+            if (got == Pumped::kFailed) return lab::kExitFailure;
+            if (got == Pumped::kClosed) return not_an_echo(conn);  // closed too early
         }
-        if (conn.received > conn.sent) not_an_echo(conn);
+        if (conn.received > conn.sent) return not_an_echo(conn);
     }
     if (lab::stop_requested()) return lab::kExitFailure;
-    if (errno != 0) lab::die("read", "stdin");
+    if (errno != 0) {
+        lab::warn("read", "stdin");
+        return lab::kExitFailure;
+    }
 
     // 4. shutdown(SHUT_WR): no more lines (the server reads the end of the stream); then
     //    read until the server closes too. An echo sends back exactly what it got: more
     //    bytes than we sent is not an echo (a "server busy" refusal, say), and is an error.
     shutdown(conn.sock.get(), SHUT_WR);
     std::string_view nothing;
-    while (pump(conn, &nothing)) {
+    Pumped got = Pumped::kMore;
+    while ((got = pump(conn, &nothing)) == Pumped::kMore) {
     }
-    if (conn.received != conn.sent) not_an_echo(conn);
-    return lab::kExitOk;
+    if (got == Pumped::kFailed) return lab::kExitFailure;
+    return conn.received == conn.sent ? lab::kExitOk : not_an_echo(conn);
 }
 
 namespace {
 
-// One round of step 3: waits (poll) until the socket can take more of *unsent or has
-// bytes for us, then sends what it can take and prints what came. Reading while writing
-// is what makes a long line safe: a client that only wrote would block in write() as
-// soon as the server, blocked writing the echo we do not read, stops reading. send()
-// with MSG_DONTWAIT never blocks. False once the server has closed its side. Exits 1 when
-// nothing moves for --timeout seconds, or when a stop signal came.
-bool pump(Connection& conn, std::string_view* unsent) {
+// One round of step 3: waits (poll) until the socket can take more of *unsent or has bytes
+// for us, sends what it can take (MSG_DONTWAIT: never blocking) and prints what came. A
+// client that only wrote would block for good once the server, blocked writing an echo we
+// do not read, stops reading. kClosed: the server closed; kFailed: nothing moved for
+// --timeout seconds or a call failed (said on stderr), or a stop signal came.
+Pumped pump(Connection& conn, std::string_view* unsent) {
     // TASK 03.pump
-    // KIT: return lab::todo<bool>("03.pump");
+    // KIT: return lab::todo<Pumped>("03.pump");
     const short events = unsent->empty() ? POLLIN : POLLIN | POLLOUT;
     pollfd ready{conn.sock.get(), events, 0};
     const int n = poll(&ready, 1, lab::to_milliseconds(conn.timeout_seconds));
-    if (lab::stop_requested()) std::exit(lab::kExitFailure);
-    if (n == -1 && errno == EINTR) return true;  // not a stop signal: go round again
-    if (n == -1) lab::die("poll", conn.where);
+    if (lab::stop_requested()) return Pumped::kFailed;
+    if (n == -1 && errno == EINTR) return Pumped::kMore;  // not a stop signal: go on
+    if (n == -1) return failed("poll", conn.where);
     if (n == 0) {
-        lab::fatal("read " + conn.where + ": no reply within " +
-                   lab::seconds_text(conn.timeout_seconds));
+        lab::note("read " + conn.where + ": no reply within " +
+                  lab::seconds_text(conn.timeout_seconds));
+        return Pumped::kFailed;
     }
     if ((ready.revents & POLLOUT) != 0) {
         const ssize_t sent =
             send(conn.sock.get(), unsent->data(), unsent->size(), MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (sent == -1 && errno != EAGAIN && errno != EINTR) lab::die("write", conn.where);
+        if (sent == -1 && errno != EAGAIN && errno != EINTR) return failed("write", conn.where);
         if (sent > 0) unsent->remove_prefix(static_cast<std::size_t>(sent));
     }
-    if ((ready.revents & (POLLIN | POLLHUP | POLLERR)) == 0) return true;
+    if ((ready.revents & (POLLIN | POLLHUP | POLLERR)) == 0) return Pumped::kMore;
     char buffer[kBufferSize];
     const ssize_t got = read(conn.sock.get(), buffer, sizeof buffer);
-    if (got == -1 && errno == EINTR) return true;
-    if (got == -1) lab::die("read", conn.where);
+    if (got == -1 && errno == EINTR) return Pumped::kMore;
+    if (got == -1) return failed("read", conn.where);
     std::fwrite(buffer, 1, static_cast<std::size_t>(got), stdout);  // exactly the payload
     std::fflush(stdout);
     conn.received += static_cast<unsigned long long>(got);
-    return got > 0;
+    return got > 0 ? Pumped::kMore : Pumped::kClosed;
     // END TASK
 }
 
-// Answers a server that is no echo: it sent more bytes than it got ("server busy", say).
-void not_an_echo(const Connection& conn) {
-    lab::fatal(conn.where + " sent " + std::to_string(conn.received) + " bytes for the " +
-               std::to_string(conn.sent) + " we sent: not an echo");
+Pumped failed(const char* call, const std::string& where) {
+    lab::warn(call, where);  // ECONNRESET: the server reset the connection
+    return Pumped::kFailed;
+}
+
+// Answers a server that is no echo: it closed before echoing everything, or sent more
+// bytes than it got ("server busy", say).
+int not_an_echo(const Connection& conn) {
+    lab::note(conn.where + " sent " + std::to_string(conn.received) + " bytes for the " +
+              std::to_string(conn.sent) + " we sent: not an echo");
+    return lab::kExitFailure;
 }
 
 // getaddrinfo() for --host: a numeric host is only ever parsed (AI_NUMERICHOST), so a

@@ -88,7 +88,6 @@ int main(int argc, char** argv) {
     sigaddset(&sigchld, SIGCHLD);
     sigprocmask(SIG_BLOCK, &sigchld, &while_waiting);
     // END TASK
-
     std::vector<pid_t> children;
     bool was_full = false;
     while (!lab::stop_requested()) {
@@ -98,8 +97,7 @@ int main(int argc, char** argv) {
         // 5. ppoll(): wait for a client, or for a signal (a child's end, a stop: EINTR). At
         //    --max-children the listening socket is left out (fd -1): new clients queue.
         const bool full = children.size() >= static_cast<std::size_t>(max_children);
-        if (full && !was_full)
-            log("--max-children ", max_children, " reached: not accepting until a child exits");
+        if (full && !was_full) log("--max-children ", max_children, " reached: new clients wait");
         was_full = full;
         pollfd waiting{full ? -1 : listen_fd.get(), POLLIN, 0};
         if (ppoll(&waiting, 1, nullptr, &while_waiting) == -1) continue;
@@ -134,8 +132,8 @@ int main(int argc, char** argv) {
         // END TASK
     }
 
-    // The stop: no new clients, SIGTERM to each child, then reap them as they end. waitid()
-    // with WNOWAIT waits for one without reaping it; EINTR is common/'s 50 ms alarm.
+    // The stop: no new clients; SIGTERM to each child; reap them as they end (waitid() waits
+    // for one, WNOWAIT leaves the reaping to reap_children(); EINTR: common/'s 50 ms alarm).
     listen_fd.reset();
     for (const pid_t pid : children)
         kill(pid, SIGTERM);
@@ -147,12 +145,11 @@ int main(int argc, char** argv) {
 }
 
 namespace {
-// The child of step 7: the parent's SIGTERM or ^C simply ends it (a stop signal that came
-// before set the flag, a copy of the parent's). Then lab 03's echo; 0 if the client left.
+// The child of step 7: lab 03's echo, whose loop a stop signal ends (the parent's SIGTERM,
+// or ^C; one that came before fork() set the flag, copied). Exit status 0 unless dropped.
 int serve_client(int conn, const std::string& peer, double idle_seconds, const lab::Log& log) {
-    std::signal(SIGINT, SIG_DFL);
-    std::signal(SIGTERM, SIG_DFL);
-    if (lab::stop_requested()) return lab::kExitFailure;
+    const lab::Fd owned(conn);  // closed as the child returns, before its _exit()
+    lab::handle_signals();      // again: fork() copies handlers, not the 50 ms timer
     // Answers a client that stalls: read() or write() fails (EAGAIN) after --idle-timeout.
     const timeval limit = lab::to_timeval(idle_seconds);  // rounded up: 0 means "never"
     setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
@@ -160,11 +157,14 @@ int serve_client(int conn, const std::string& peer, double idle_seconds, const l
     std::vector<char> buffer(kBufferSize);
     unsigned long long total = 0;
     ssize_t n = 0;
-    while ((n = read(conn, buffer.data(), buffer.size())) > 0) {
+    while (!lab::stop_requested() && (n = read(conn, buffer.data(), buffer.size())) != 0) {
+        if (n == -1 && errno == EINTR) continue;  // a signal: back to the flag
+        if (n == -1) break;
         log("from ", peer, ": ", n, " bytes");
         if (!lab::write_all(conn, buffer.data(), static_cast<std::size_t>(n))) break;
         total += static_cast<unsigned long long>(n);
     }
+    if (lab::stop_requested()) return lab::kExitOk;  // the parent says why it stops
     if (n == 0) log("client ", peer, " left after ", total, " bytes");
     if (n == 0) return lab::kExitOk;
     log("client ", peer, " dropped: ",

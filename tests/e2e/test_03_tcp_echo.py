@@ -177,9 +177,10 @@ def test_numeric_bad_host_sends_no_dns_query(run, tmp_path, prog):
         pytest.skip("needs strace")
     trace = tmp_path / "trace"
     binary = program_path(lab_of(__name__), prog)
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0")  # LeakSanitizer cannot run traced
     out = subprocess.run(["strace", "-f", "-qq", "-o", str(trace), "-e",
                           "trace=socket,connect,sendto,sendmmsg", binary, "--host", "999.1.1.1",
-                          "--port", "1"], capture_output=True, timeout=20)
+                          "--port", "1"], capture_output=True, timeout=20, env=env)
     assert out.returncode == 2, out.stderr
     assert b"not an IPv4 or IPv6 address" in out.stderr
     calls = trace.read_text()
@@ -425,8 +426,8 @@ def test_client_exits_1_when_the_reply_is_not_an_echo(run):
 
 
 def test_client_reports_a_server_that_closes_early(run):
-    """A server that reads a little and closes without answering: the client says the
-    connection was closed after 0 of the bytes it sent, exit 1."""
+    """A server that reads a little and closes without answering: fewer bytes back than
+    were sent is no echo either, exit 1."""
     with socket.create_server(("127.0.0.1", 0)) as rude:
         def hang_up():
             conn, _ = rude.accept()
@@ -438,7 +439,7 @@ def test_client_reports_a_server_that_closes_early(run):
         result = run("client", "--port", str(rude.getsockname()[1]), input=b"hello\n")
         t.join(10)
     assert result.returncode == 1
-    assert re.search(r"^client: (connection closed by 127\.0\.0\.1:\d+ after 0 of 6 bytes|"
+    assert re.search(r"^client: (127\.0\.0\.1:\d+ sent 0 bytes for the 6 we sent: not an echo|"
                      r"(read|write) 127\.0\.0\.1:\d+: Connection reset by peer)$",
                      result.stderr, re.M), result.stderr
 

@@ -156,7 +156,7 @@ def test_max_children_makes_the_next_client_wait(start):
     first, second = connect(server.address), connect(server.address)
     assert exchange(first, b"1\n") == b"1\n"
     assert exchange(second, b"2\n") == b"2\n"
-    server.expect(r"^--max-children 2 reached: not accepting until a child exits$")
+    server.expect(r"^--max-children 2 reached: new clients wait$")
 
     third = connect(server.address)  # queued in the backlog, not accepted
     third.sendall(b"3\n")
@@ -212,7 +212,7 @@ def test_sigterm_ends_parent_and_every_child(start):
         assert s.recv(10) == b""  # each child's end closed the connection
         s.close()
     assert server.stdout_lines[-1] == b"stopping on SIGTERM"
-    assert all(re.match(rb"^child \d+ killed by SIGTERM$", line)
+    assert all(re.match(rb"^child \d+ exited with status 0$", line)
                for line in server.stdout_lines[-4:-1]), server.stdout_lines[-4:]
 
 
@@ -304,6 +304,41 @@ def test_stop_while_flooded_with_connections(start):
             t.join(10)
 
 
+def test_stop_while_a_child_writes_to_a_slow_reader(start):
+    """A client sends 8 MiB and reads 4 KiB every 50 ms: its child is always in the middle
+    of a write. SIGTERM to the parent still ends parent and child within a second, exit 0,
+    the child with status 0 (its own 50 ms alarm interrupts the write)."""
+    server = start("server", "--port", "0", "--quiet")
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(server.sockaddr)
+    s.settimeout(10)
+    stop = threading.Event()
+
+    def slow_read():
+        try:
+            while not stop.is_set() and s.recv(4096):
+                time.sleep(0.05)  # the pace of a slow reader
+        except OSError:
+            pass
+
+    reader = threading.Thread(target=slow_read, daemon=True)
+    reader.start()
+    try:
+        s.sendall(b"s" * (8 << 20))
+    except OSError:
+        pass
+    try:
+        [child] = wait_until(lambda: live_children(server.pid), what="the child")
+        wait_until(lambda: process_state(child) == "S", what="the child blocked writing")
+        stops_in_time(server)
+        assert group_alive(server.pid) == []
+    finally:
+        stop.set()
+        s.close()
+        reader.join(10)
+
+
 def test_stop_at_max_children(start):
     """At --max-children the listening socket is out of the wait; SIGTERM still ends the
     parent and its children within a second."""
@@ -311,7 +346,7 @@ def test_stop_at_max_children(start):
     with connect(server.address) as held, connect(server.address) as queued:
         assert exchange(held, b"in\n") == b"in\n"
         queued.sendall(b"waiting\n")
-        server.expect(r"reached: not accepting")
+        server.expect(r"reached: new clients wait")
         stops_in_time(server)
     assert group_alive(server.pid) == []
 
