@@ -10,7 +10,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -126,15 +125,19 @@ int talk_stream(int sock, const std::string& server, double timeout) {
             if (n == 0 && (echoed < sent || !shut)) lab::fatal("connection closed by " + server);
             if (n == 0) return lab::kExitOk;
             if (n == -1 && errno != EINTR) lab::die("read", server);
-            if (n > 0) std::fwrite(buffer.data(), 1, static_cast<std::size_t>(n), stdout);
-            if (n > 0) echoed += static_cast<std::size_t>(n);
-            std::fflush(stdout);
+            if (n > 0) {
+                std::fwrite(buffer.data(), 1, static_cast<std::size_t>(n), stdout);
+                std::fflush(stdout);
+                echoed += static_cast<std::size_t>(n);
+            }
         }
         if ((fds[0].revents & POLLOUT) != 0) {
             const ssize_t n = send(sock, out.data(), out.size(), MSG_DONTWAIT);
             if (n == -1 && errno != EAGAIN && errno != EINTR) lab::die("send", server);
-            out.erase(0, static_cast<std::size_t>(std::max<ssize_t>(n, 0)));
-            sent += static_cast<std::size_t>(std::max<ssize_t>(n, 0));
+            if (n > 0) {
+                out.erase(0, static_cast<std::size_t>(n));
+                sent += static_cast<std::size_t>(n);
+            }
         }
         if (fds[1].revents != 0) {
             const ssize_t n = read(STDIN_FILENO, buffer.data(), buffer.size());
@@ -142,7 +145,7 @@ int talk_stream(int sock, const std::string& server, double timeout) {
             if (n > 0) out.append(buffer.data(), static_cast<std::size_t>(n));
             if (n > 0) last_byte = buffer[static_cast<std::size_t>(n) - 1];
             if (n == 0 && last_byte != '\n') out += '\n';  // the last line gets its newline
-            input_open = n != 0;
+            if (n == 0) input_open = false;
         }
         if (!input_open && out.empty() && !shut) {
             shut = true;
@@ -203,11 +206,13 @@ int pass_file(int sock, int file, const std::string& name, const std::string& se
     shutdown(sock, SHUT_WR);  // nothing more from us
     std::vector<char> buffer(kBufferSize);
     unsigned long long received = 0;
-    for (ssize_t n = 1; n > 0; received += static_cast<std::size_t>(n)) {
+    for (;;) {
         if (!lab::wait_readable(sock, timeout)) return no_reply(server, timeout);
-        n = read(sock, buffer.data(), buffer.size());
+        const ssize_t n = read(sock, buffer.data(), buffer.size());
         if (n == -1) lab::die("read", server);
+        if (n == 0) break;
         std::fwrite(buffer.data(), 1, static_cast<std::size_t>(n), stdout);
+        received += static_cast<std::size_t>(n);
     }
     std::fflush(stdout);
     struct stat st {};
