@@ -1,5 +1,6 @@
 """Lab 06: half-close echo (read to end of stream, send it all back), TIME_WAIT,
-SO_REUSEADDR and SO_REUSEPORT."""
+SO_REUSEADDR and SO_REUSEPORT; the idle timeout, the client's --timeout, and a stop on
+time whatever the server is doing."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import re
 import signal
 import socket
 import subprocess
+import threading
+import time
 
 import pytest
 
-from conftest import connect, needs_ipv6, recv_exactly, roundtrip, wait_until
-from faults import (STREAM_FAULTS, echoes, fault_name, fault_never_reads,
+from conftest import connect, needs_ipv6, read_to_end, recv_exactly, roundtrip, wait_until
+from faults import (MIB, STREAM_FAULTS, echoes, fault_name, fault_never_reads,
                     fault_never_reads_reply, fault_over_the_limit, survive)
+
+STOP_WITHIN = 3.0  # seconds; the program's own promise is one, the rest is a loaded machine
 
 TIME_WAIT = "06"  # the state column of /proc/net/tcp
 
@@ -43,18 +48,35 @@ def time_wait_on(port: int, local_port: int) -> bool:
 # ------------------------------------------------------------------ command line
 
 def test_help_and_bad_arguments(run):
-    """--help shows the lab's options; a bad argument exits 2 with the usage."""
+    """--help shows the lab's options; a bad argument exits 2 with the usage. The server's
+    timeout is --idle-timeout, as in every server (--timeout is the clients')."""
     help_text = run("server", "--help").stdout
-    for flag in (b"--max-bytes", b"--timeout", b"--no-reuseaddr", b"--reuseport"):
+    for flag in (b"--max-bytes", b"--idle-timeout", b"--no-reuseaddr", b"--reuseport"):
         assert flag in help_text
+    assert b"--timeout" in run("client", "--help").stdout
     assert run("client", "--help").returncode == 0
-    for bad in (["--max-bytes", "0"], ["--max-bytes", "lots"], ["--timeout", "-1"],
-                ["--timeout"], ["--reuseport=yes"], ["--port", "x"], ["1", "2"]):
+    for bad in (["--max-bytes", "0"], ["--max-bytes", "lots"], ["--idle-timeout", "-1"],
+                ["--idle-timeout"], ["--idle-timeout", "0"], ["--reuseport=yes"],
+                ["--port", "x"], ["1", "2"], ["--timeout", "5"]):
         result = run("server", *bad)
         assert result.returncode == 2, bad
         assert "usage" in result.stderr, bad
     result = run("client", "--reuseport")
     assert result.returncode == 2 and "unknown option" in result.stderr
+    for bad in (["--timeout", "0"], ["--timeout", "soon"], ["--idle-timeout", "1"]):
+        result = run("client", *bad)
+        assert result.returncode == 2 and "usage" in result.stderr, bad
+
+
+@pytest.mark.parametrize("prog", ["server", "client"])
+def test_a_hostile_argument_is_reported_escaped(run, prog):
+    """A bad port with control bytes in it is reported escaped: no raw escape sequence
+    reaches the terminal, and the one-line error stays one line."""
+    result = run(prog, "--port", "9\x1b]0;owned\x07\n")
+    assert result.returncode == 2
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+    first = result.stderr.splitlines()[0]
+    assert first == "%s: bad port '9\\x1b]0;owned\\x07\\n' (want 0 to 65535)" % prog, first
 
 
 def test_no_server_is_connection_refused(run):
@@ -71,15 +93,27 @@ def test_no_server_is_connection_refused(run):
 
 def test_round_trip_with_own_client(start, run):
     """The client sends all its input, half-closes, and prints the reply; the server logs the
-    connection, what it sent back and the end."""
+    connection, the client's half-close and the end, each line with the server's pid."""
     server = start("server", "--port", "0")
     data = b"line one\nline two\n\x00\xff no newline at the end"
     result = run("client", server.host, str(server.port), input=data)
     assert result.returncode == 0, result.stderr
     assert result.stdout == data + b"\n"  # the harness adds a newline to a last partial line
-    server.expect(r"^pid %d: 127\.0\.0\.1:\d+ connected$" % server.pid)
-    server.expect(r"sent %d bytes and shut down its side" % len(data))
-    server.expect(r"done$")
+    peer = r"127\.0\.0\.1:\d+"
+    server.expect(r"^pid %d: client %s connected$" % (server.pid, peer))
+    server.expect(r"^pid %d: client %s half-closed after %d bytes$" % (server.pid, peer, len(data)))
+    server.expect(r"^pid %d: client %s left after %d bytes$" % (server.pid, peer, len(data)))
+
+
+def test_every_log_line_carries_the_pid(start):
+    """Every line after the ready line starts with the server's pid, the stop line too:
+    with --reuseport several servers may share a terminal."""
+    server = start("server", "--port", "0")
+    echoes(server)
+    assert server.stop() == 0
+    lines = [line.decode() for line in server.stdout_lines[1:]]
+    assert lines and all(line.startswith("pid %d: " % server.pid) for line in lines), lines
+    assert lines[-1] == "pid %d: stopping on SIGTERM" % server.pid
 
 
 def test_empty_input_gives_empty_reply(start, lab):
@@ -88,7 +122,7 @@ def test_empty_input_gives_empty_reply(start, lab):
     out = subprocess.run([lab.path("client"), "--port", str(server.port)], input=b"",
                          capture_output=True, timeout=10)
     assert out.returncode == 0 and out.stdout == b""
-    server.expect(r"sent 0 bytes")
+    server.expect(r"half-closed after 0 bytes")
 
 
 def test_one_mebibyte_round_trip(start, lab):
@@ -101,6 +135,16 @@ def test_one_mebibyte_round_trip(start, lab):
     assert out.returncode == 0, out.stderr
     assert out.stdout == data
     assert roundtrip(server.address, data) == data  # and through a Python peer
+
+
+def test_sixteen_mebibytes_in_one_line(start, lab):
+    """A single 16 MiB line, the server's default --max-bytes exactly: it all comes back."""
+    server = start("server", "--port", "0", "--quiet")
+    data = b"a" * (16 * MIB - 1) + b"\n"
+    out = subprocess.run([lab.path("client"), "--port", str(server.port)], input=data,
+                         capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == data
 
 
 def test_nc_interop(start):
@@ -163,7 +207,7 @@ def stop_with_a_client_connected(start, *flags):
     assert s.recv(10) == b""  # the server's FIN
     s.close()
     wait_until(lambda: time_wait_on(server.port, server.port), what="server port in TIME_WAIT")
-    assert "server stopping, closing first" in "\n".join(
+    assert "dropped: server stopping, closing first" in "\n".join(
         line.decode() for line in server.stdout_lines)
     return server.port
 
@@ -205,7 +249,7 @@ def test_two_reuseport_servers_share_fifty_connections(start):
     for server in (first, second):
         server.stop()
         pids = [int(m.group(1)) for line in server.stdout_lines
-                if (m := re.match(rb"^pid (\d+): \S+ connected$", line))]
+                if (m := re.match(rb"^pid (\d+): client \S+ connected$", line))]
         assert set(pids) <= {server.pid}
         counts[server.pid] = len(pids)
     assert sum(counts.values()) == 50
@@ -223,34 +267,189 @@ def test_reuseport_needs_the_option_on_both(start, run):
 
 def test_over_max_bytes_the_server_says_so(start, run):
     """--max-bytes 1000: a request of exactly the limit is answered; a larger one is refused
-    with a line to the client and a report on stderr."""
+    with a line to the client and a log line; the client prints the line, says why on one
+    line of stderr (its write or read met the server's close, or the reply was short), and
+    exits 1."""
     server = start("server", "--port", "0", "--max-bytes", "1000")
     exact = b"a" * 999 + b"\n"  # exactly the limit is fine
     assert run("client", "--port", str(server.port), input=exact).stdout == exact
     result = run("client", "--port", str(server.port), input=b"b" * 5_000_000)
     assert result.returncode == 1
     assert result.stdout == b"server: more than 1000 bytes; closing\n"
-    assert re.search(r"client: (write|got \d+ bytes back from) 127\.0\.0\.1", result.stderr)
-    wait_until(lambda: "more than 1000 bytes; closed" in server.stderr, what="the server's report")
+    assert re.fullmatch(r"client: ((write|read) 127\.0\.0\.1:\d+: "
+                        r"(Connection reset by peer|Broken pipe)"
+                        r"|got \d+ bytes back from 127\.0\.0\.1:\d+ for \d+ sent)\n",
+                        result.stderr), result.stderr
+    server.expect(r"^pid \d+: client 127\.0\.0\.1:\d+ dropped: more than 1000 bytes$")
     assert roundtrip(server.address, b"still here\n") == b"still here\n"
 
 
-def test_a_silent_peer_is_dropped_after_the_timeout(start):
-    """--timeout 0.5: a client that stalls half way is dropped, and the next served."""
-    server = start("server", "--port", "0", "--timeout", "0.5")
+def test_a_silent_peer_is_dropped_after_the_idle_timeout(start):
+    """--idle-timeout 0.5: a client that stalls half way is dropped, and the next served."""
+    server = start("server", "--port", "0", "--idle-timeout", "0.5")
     with connect(server.address) as silent:
         silent.sendall(b"half")  # and then nothing, no FIN either
         echoes(server)  # waits in the backlog until the silent one is dropped
         assert silent.recv(10) == b""
-    wait_until(lambda: "nothing for 0.5s; dropped" in server.stderr, what="the server's report")
+    server.expect(r"^pid \d+: client 127\.0\.0\.1:\d+ dropped: idle for 0\.5s$")
+
+
+def test_a_tiny_idle_timeout_is_not_forever(start):
+    """--idle-timeout 0.0000001 is rounded up to a microsecond, not down to 0 (which
+    SO_RCVTIMEO reads as "no timeout"): a silent client is dropped at once."""
+    server = start("server", "--port", "0", "--idle-timeout", "0.0000001")
+    with connect(server.address) as s:
+        assert read_to_end(s, timeout=10) == b""
+    server.expect(r"dropped: idle for 1e-07s$")
 
 
 def test_sigterm_exits_zero(start):
-    """SIGTERM or SIGINT stops the server with status 0."""
+    """SIGTERM or SIGINT stops the server with status 0, and it says which."""
     server = start("server", "--port", "0")
     assert server.stop(signal.SIGTERM) == 0
+    assert server.stdout_lines[-1].endswith(b": stopping on SIGTERM")
     server = start("server", "--port", "0")
     assert server.stop(signal.SIGINT) == 0
+    assert server.stdout_lines[-1].endswith(b": stopping on SIGINT")
+
+
+# ------------------------------------------------------------------ stopping on time
+
+def stopped_within(server, seconds: float = STOP_WITHIN, signo=signal.SIGTERM) -> float:
+    """Sends `signo` and returns how long the server took to exit 0."""
+    began = time.monotonic()
+    assert server.stop(signo, timeout=10) == 0
+    took = time.monotonic() - began
+    assert took < seconds, "stopped only after %.1fs" % took
+    return took
+
+
+def test_stop_while_a_slow_reader_takes_the_reply(start):
+    """A client sends 8 MiB, half-closes, and reads the reply 4 KiB every 10 ms: the server
+    always has a write() in progress, and each one takes a few bytes before the next
+    signal (common/'s watchdog raises one every 50 ms) can interrupt it, so it never fails
+    with EINTR. SIGTERM still ends the server at once, not after the idle timeout (30 s)."""
+    server = start("server", "--port", "0", "--idle-timeout", "30", "--quiet")
+    s = connect(server.address, timeout=10)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    done = threading.Event()
+    taken = []
+
+    def read_slowly():
+        while not done.is_set():
+            try:
+                if not s.recv(4096):
+                    return
+            except OSError:
+                return
+            taken.append(1)
+            done.wait(0.01)
+
+    reader = threading.Thread(target=read_slowly, daemon=True)
+    try:
+        s.sendall(b"a" * (8 * MIB))
+        s.shutdown(socket.SHUT_WR)
+        reader.start()
+        wait_until(lambda: len(taken) >= 10, timeout=10, what="the slow reading under way")
+        stopped_within(server)
+    finally:
+        done.set()
+        reader.join(10)
+        s.close()
+
+
+def test_stop_while_flooded(start):
+    """A client that sends without end (--max-bytes 1 GiB, so the server reads on and on,
+    never waiting): SIGTERM still ends the server at once."""
+    server = start("server", "--port", "0", "--max-bytes", str(1 << 30), "--quiet")
+    s = connect(server.address, timeout=10)
+    done = threading.Event()
+    sent = []
+
+    def flood():
+        try:
+            while not done.is_set():
+                s.sendall(b"f" * 65536)
+                sent.append(1)
+        except OSError:
+            pass  # the server closed: the point
+
+    sender = threading.Thread(target=flood, daemon=True)
+    try:
+        sender.start()
+        wait_until(lambda: len(sent) >= 100, timeout=10, what="the flood under way")
+        stopped_within(server)
+    finally:
+        done.set()
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sender.join(10)
+        s.close()
+
+
+def test_stop_while_a_client_sends_nothing(start):
+    """A connected client that sends nothing: the server waits in read(), and SIGINT
+    ends it at once (the idle timeout is 60 s)."""
+    server = start("server", "--port", "0")
+    with connect(server.address) as s:
+        server.expect(r"connected$")
+        stopped_within(server, signo=signal.SIGINT)
+        assert s.recv(10) == b""
+
+
+# ------------------------------------------------------------------ the client
+
+def silent_server() -> socket.socket:
+    """A listener that never accepts: the kernel completes the handshake and takes the
+    client's bytes, but no reply ever comes."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    return listener
+
+
+def test_client_timeout_against_a_silent_server(lab):
+    """A server that takes the request and never answers: the client gives up after
+    --timeout with one line and status 1, instead of waiting for ever."""
+    with silent_server() as listener:
+        port = listener.getsockname()[1]
+        began = time.monotonic()
+        result = lab.run("client", "--port", str(port), "--timeout", "1", input=b"hello?\n")
+        took = time.monotonic() - began
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert result.stderr == "client: 127.0.0.1:%d took or sent nothing for 1s\n" % port
+    assert 1 <= took < 10, took
+
+
+@pytest.mark.parametrize("signo", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_client_stops_while_waiting_on_stdin(start, lab, signo):
+    """SIGINT or SIGTERM while the client waits for its input: it goes at once, status 0,
+    nothing printed."""
+    server = start("server", "--port", "0")
+    client = lab.start("client", "--port", str(server.port), ready=False)
+    server.expect(r"connected$")
+    began = time.monotonic()
+    client.send_signal(signo)
+    assert client.wait(10) == 0
+    assert time.monotonic() - began < STOP_WITHIN
+    assert client.stdout_lines == [] and client.stderr == ""
+
+
+def test_client_stops_while_waiting_for_the_reply(lab):
+    """SIGTERM while the client waits for a reply that does not come: it goes at once."""
+    with silent_server() as listener:
+        client = lab.start("client", "--port", str(listener.getsockname()[1]), "--timeout",
+                           "60", ready=False)
+        client.write(b"anyone?\n")
+        client.close_stdin()  # the client half-closes and waits for the reply
+        time.sleep(0.3)  # it gets there; the test does not depend on when
+        began = time.monotonic()
+        client.send_signal(signal.SIGTERM)
+        assert client.wait(10) == 0
+        assert time.monotonic() - began < STOP_WITHIN
 
 
 # ------------------------------------------------------------------ the fault sweep
@@ -267,21 +466,21 @@ def small_quarantine_env() -> dict:
 @pytest.mark.parametrize("fault", [f for f in STREAM_FAULTS if f is not fault_never_reads] + [
     fault_never_reads_reply, fault_over_the_limit], ids=fault_name)
 def test_fault_sweep(start, fault):
-    """One misbehaving peer against a server with --timeout 0.5 and --max-bytes 8 MiB: a
+    """One misbehaving peer against a server with --idle-timeout 0.5 and --max-bytes 8 MiB: a
     fresh client is served (once a stalled peer is dropped) while the peer misbehaves and
     after it has gone, and the server's descriptors and memory come back (the buffer is
     bounded by --max-bytes; 40 MiB allows for allocator slack)."""
-    server = start("server", "--port", "0", "--quiet", "--timeout", "0.5",
+    server = start("server", "--port", "0", "--quiet", "--idle-timeout", "0.5",
                    "--max-bytes", str(8 << 20), env=small_quarantine_env())
     survive(server, fault, memory_mib=40)
 
 
 def test_a_peer_that_never_reads_the_reply_is_dropped(start):
     """A client sends a request too big for the buffers, half-closes and never reads the
-    reply: after --timeout the server drops it, says so on stderr, and serves the next."""
-    server = start("server", "--port", "0", "--quiet", "--timeout", "0.5")
+    reply: after --idle-timeout the server drops it, logs it, and serves the next."""
+    server = start("server", "--port", "0", "--idle-timeout", "0.5")
     [hog] = fault_never_reads_reply(server)
     with hog:
-        wait_until(lambda: "reply not read for 0.5s; dropped" in server.stderr,
-                   what="the report")
+        server.expect(r"^pid \d+: client 127\.0\.0\.1:\d+ dropped: idle for 0\.5s$",
+                      timeout=10)
         echoes(server)
