@@ -30,8 +30,7 @@ constexpr std::uint64_t kInput = ~0ULL;   // standard input's tag in the epoll e
 
 constexpr const char* kUsage = R"(usage: client [--host ADDR] [--port N] [OPTIONS]
        client [HOST [PORT]]
-TCP echo client on epoll: sends standard input on every connection, checks each echo,
-prints it once.
+TCP echo client on epoll: standard input out on every connection, each echo checked.
   -H, --host ADDR        server address or name (default 127.0.0.1)
   -p, --port N           server port (default 9909)
       --connections N    connections driven at once by one loop (default 1)
@@ -45,13 +44,12 @@ struct Connection {
 };
 
 struct Client {
-    int epoll_fd = -1;
+    lab::Fd epoll_fd;
     std::string where;
     std::vector<Connection> conns;
     std::string input;  // the input from offset `base` on: what some connection still owes
-    std::uint64_t base = 0, total = 0, owed = 0;      // owed: bytes sent, not yet echoed
-    std::uint64_t heard = 0;                          // replies and input so far: the timer
-    std::size_t open = 0;                             // connections the server has not closed
+    std::uint64_t base = 0, total = 0, owed = 0;  // owed: bytes sent, not yet echoed
+    std::uint64_t heard = 0;  // replies and input so far: each restarts the reply timeout
     bool eof = false, watched = false, file = false;  // stdin ended, watched, a regular file
     char last = '\n';                                 // the last byte of input
     std::vector<char> chunk = std::vector<char>(kChunk);
@@ -61,6 +59,7 @@ struct Client {
     void print_echoed();
     void watch_input(bool on);
     bool reading() const { return !eof && input.size() < kWindow; }
+    bool done() const { return std::ranges::all_of(conns, std::identity(), &Connection::closed); }
 };
 static long long now_ms() {  // milliseconds on the steady clock, which never jumps
     const auto now = std::chrono::steady_clock::now().time_since_epoch();
@@ -80,9 +79,8 @@ int main(int argc, char** argv) {
     client.where = lab::format_address(server);
     lab::handle_signals();
     // 1. epoll_create1(): one instance watches every connection, and standard input.
-    const lab::Fd epoll_fd(epoll_create1(EPOLL_CLOEXEC));
-    if (!epoll_fd) lab::die("epoll_create1");
-    client.epoll_fd = epoll_fd.get();
+    client.epoll_fd.reset(epoll_create1(EPOLL_CLOEXEC));
+    if (!client.epoll_fd) lab::die("epoll_create1");
     // 2. socket() and connect(), N times (Args::endpoint() took the address: lab 03 shows
     //    how), then 3. epoll_ctl(ADD), edge-triggered, once; from then on, non-blocking.
     client.conns.resize(static_cast<std::size_t>(connections));
@@ -96,19 +94,19 @@ int main(int argc, char** argv) {
         }
         epoll_event event{.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data = {.u64 = i}};
         if (fcntl(fd, F_SETFL, O_NONBLOCK) == -1) lab::die("fcntl");
-        if (epoll_ctl(client.epoll_fd, EPOLL_CTL_ADD, fd, &event) == -1) lab::die("epoll_ctl");
+        if (epoll_ctl(client.epoll_fd.get(), EPOLL_CTL_ADD, fd, &event) == -1)
+            lab::die("epoll_ctl");
     }
-    client.open = client.conns.size();
     client.watch_input(true);
     std::vector<epoll_event> events(1024);
     long long deadline = now_ms() + lab::to_milliseconds(timeout);  // if no reply comes
-    while (client.open > 0 && !lab::stop_requested()) {
+    while (!client.done() && !lab::stop_requested()) {
         // 4. epoll_wait() for stdin and the connections; the timeout runs while a reply is
         //    owed (bytes sent and not yet back, or the FIN after ours).
         const bool owed = client.owed > 0 || client.eof;
         int wait = owed ? static_cast<int>(std::max(0LL, deadline - now_ms())) : -1;
         if (client.file && client.reading()) wait = 0;  // epoll refuses a file: read anyway
-        const int n = epoll_wait(client.epoll_fd, events.data(), 1024, wait);
+        const int n = epoll_wait(client.epoll_fd.get(), events.data(), 1024, wait);
         if (n == -1 && errno == EINTR) continue;  // back to the check of the stop flag
         if (n == -1) lab::die("epoll_wait");
         if (n == 0 && owed && now_ms() >= deadline)
@@ -145,8 +143,7 @@ void Client::serve(Connection& conn) {
         conn.echoed += got.size();
         owed -= got.size();
         heard += n >= 0 ? 1 : 0;
-        if (n == 0) conn.closed = true;
-        if (n == 0) --open;
+        conn.closed = n == 0;
     }
     if (!conn.closed) send(conn);
 }
@@ -168,8 +165,7 @@ void Client::send(Connection& conn) {
 // newline gets one. At kWindow bytes ahead of the slowest echo, reading stops a while.
 void Client::read_input() {
     const ssize_t n = read(STDIN_FILENO, chunk.data(), chunk.size());
-    if (n == -1 && errno == EINTR) return;  // a signal: back to the loop's check
-    if (n == -1) lab::die("read", "stdin");
+    if (n == -1) lab::die("read", "stdin");  // (never EINTR: it was ready, it does not wait)
     input.append(chunk.data(), static_cast<std::size_t>(n));
     if (n == 0 && total > 0 && last != '\n') input += '\n';
     if (n > 0) last = chunk[static_cast<std::size_t>(n) - 1];
@@ -177,8 +173,7 @@ void Client::read_input() {
     eof = n == 0;
     ++heard;
     if (!reading()) watch_input(false);
-    for (Connection& conn : conns)
-        send(conn);
+    std::ranges::for_each(conns, [this](Connection& conn) { send(conn); });
 }
 
 // stdout shows what every connection has echoed; the input before that is done with.
@@ -197,7 +192,7 @@ void Client::print_echoed() {
 void Client::watch_input(bool on) {
     if (file || on == watched) return;
     epoll_event event{.events = EPOLLIN, .data = {.u64 = kInput}};
-    if (epoll_ctl(epoll_fd, on ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, STDIN_FILENO, &event) == -1) {
+    if (epoll_ctl(epoll_fd.get(), on ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, STDIN_FILENO, &event) == -1) {
         if (errno != EPERM) lab::die("epoll_ctl", "stdin");
         file = true;  // a regular file: always readable, so epoll refuses it
     }

@@ -106,7 +106,6 @@ int main(int argc, char** argv) {
     server.edge = mode == "et";
     server.log = lab::Log(server.quiet);
     const lab::Endpoint local = args.endpoint(SOCK_STREAM);
-    const std::string where = lab::format_address(local);
     lab::handle_signals();
     // 1. socket(): non-blocking, so that no accept4() can ever stall the loop.
     server.listen_fd.reset(socket(local.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
@@ -116,8 +115,9 @@ int main(int argc, char** argv) {
     if (setsockopt(listen_fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) == -1)
         lab::die("setsockopt");
     // 2. bind() and 3. listen().
-    if (bind(listen_fd, local.addr(), local.size) == -1) lab::die("bind", where);
-    if (listen(listen_fd, kBacklog) == -1) lab::die("listen", where);
+    if (bind(listen_fd, local.addr(), local.size) == -1)
+        lab::die("bind", lab::format_address(local));
+    if (listen(listen_fd, kBacklog) == -1) lab::die("listen");
     // 4. epoll_create1(), and the listener into its interest list. Edge-triggered: it is
     //    reported when connections arrive, and accept_clients() takes all that wait.
     // TASK 09.epoll-create
@@ -143,8 +143,8 @@ int main(int argc, char** argv) {
         if (n == -1) lab::die("epoll_wait");
         // END TASK
         server.now = now_ms();
-        bool incoming = false;         // accept after the batch: a new client may get the number of
-        for (int i = 0; i < n; ++i) {  // one closed in it, and must not get its events
+        bool incoming = false;         // accept after the batch: a new client may get the number
+        for (int i = 0; i < n; ++i) {  // of one closed in it, and must not get its events
             const int fd = events[i].data.fd;
             if (fd == listen_fd) incoming = true;
             if (fd != listen_fd && server.at(fd).fd) server.serve(fd, events[i].events);
@@ -164,6 +164,7 @@ void Server::accept_clients() {
     for (retry = false; !lab::stop_requested();) {
         lab::Endpoint peer;
         lab::Fd fd(accept4(listen_fd.get(), peer.addr(), &peer.size, SOCK_NONBLOCK | SOCK_CLOEXEC));
+        if (!fd && (errno == ECONNABORTED || errno == EPROTO)) continue;  // it gave up: next
         if (!fd) return out_of_descriptors();
         if (count < max_clients)
             add_client(std::move(fd), peer);
@@ -175,15 +176,15 @@ void Server::accept_clients() {
 // 7. epoll_ctl(ADD): LT watches for input only; ET for everything, once and for good.
 void Server::add_client(lab::Fd fd, const lab::Endpoint& address) {
     const int n = fd.get();
+    if (static_cast<std::size_t>(n) >= clients.size()) clients.resize(n + 1UL);
     // TASK 09.add-client
     const std::uint32_t et = EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLOUT | EPOLLET;
     epoll_event event{.events = edge ? et : EPOLLIN, .data = {.fd = n}};
     if (epoll_ctl(epoll_fd.get(), EPOLL_CTL_ADD, n, &event) == -1)
         return lab::warn("epoll_ctl", lab::format_address(address));  // fd closes it
-    // END TASK
-    if (static_cast<std::size_t>(n) >= clients.size()) clients.resize(n + 1UL);
-    at(n).fd = std::move(fd);
     at(n).events = event.events;
+    // END TASK
+    at(n).fd = std::move(fd);
     ++count;
     touch(n);
     if (!quiet) peers.resize(clients.size());
@@ -243,8 +244,8 @@ void Server::close_client(int fd, std::string_view why) {
     retry = out_of_fds;
 }
 
-// Slow readers: what the socket does not take waits in `out` (which exists only then); at
-// --max-buffer serve() stops reading, so the client's TCP window closes until it reads.
+// Slow readers: what the socket does not take waits in `out`, which exists only then. At
+// --max-buffer serve() stops reading, and the client's TCP window closes until it reads.
 bool Server::send(int fd, std::string_view bytes) {
     std::unique_ptr<std::string>& out = at(fd).out;
     if (out) bytes = out->append(bytes);
@@ -271,7 +272,6 @@ bool Server::modify(int fd, std::uint32_t events) {  // EPOLL_CTL_MOD: a new int
     at(fd).events = events;
     return epoll_ctl(epoll_fd.get(), EPOLL_CTL_MOD, fd, &event) == 0;
 }
-
 // Silent clients would hold their places for ever. With one timeout for all, the list by
 // last activity is in deadline order: touch() moves a client to the back; the front is next.
 void Server::touch(int fd) {
@@ -281,7 +281,6 @@ void Server::touch(int fd) {
     client.older = std::exchange(newest, fd);
     (client.older == -1 ? oldest : at(client.older).newer) = fd;
 }
-
 void Server::unlink(int fd) {
     Client& client = at(fd);
     if (client.older == -1 && oldest != fd) return;  // not in the list
