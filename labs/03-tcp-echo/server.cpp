@@ -1,8 +1,7 @@
 // 03-tcp-echo server: the first TCP server. It accepts one client, sends back every byte it
-// reads until the client closes, then accepts the next. While it serves one, the next
-// one's connection is already complete (the kernel did the handshake) and waits in the
-// listen queue. Its addresses come from the getaddrinfo() loop of UNP's tcp_listen, in
-// plain sight; from lab 04 on, lab::Args::endpoint() (common/) does that part.
+// reads until the client closes, then accepts the next; meanwhile the kernel completes the
+// next one's handshake and queues it. Its addresses come from the getaddrinfo() loop of
+// UNP's tcp_listen, in plain sight (from lab 04 on, lab::Args::endpoint() does that part).
 #include <netdb.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -99,6 +98,7 @@ int main(int argc, char** argv) {
         // 4. accept(): the oldest queued connection, on a new socket for this client alone.
         lab::Endpoint peer_address;
         // TASK 03.accept
+        // KIT: lab::Fd conn = lab::todo<lab::Fd>("03.accept");
         lab::Fd conn(
             accept4(listen_fd.get(), peer_address.addr(), &peer_address.size, SOCK_CLOEXEC));
         // END TASK
