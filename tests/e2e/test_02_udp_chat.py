@@ -406,7 +406,7 @@ def test_unverified_addresses_get_at_most_three_times_what_they_send(start):
     """Unverified addresses send every command the relay knows (and garbage, and wrong
     cookies) to a room of 30 members with long names: none joins, the room hears of none,
     and no datagram draws more than three times its size (RFC 9000 section 8.1). Before the
-    handshake, the 4 bytes of '/who' drew the whole member list, over 600 bytes."""
+    handshake, the 4 bytes of '/who' drew the whole member list: some 500 bytes here."""
     server = start_server(start, "--max-clients", "40")
     members = peers(server, 30)
     for i, m in enumerate(members):
