@@ -184,20 +184,20 @@ FUZZ_FLAGS   := -std=c++20 -g -O1 -I. -fsanitize=fuzzer,address,undefined -fno-s
 
 # libFuzzer (clang): every parser in common/ and lab 02's relay logic, each for
 # FUZZ_SECONDS, starting from the checked-in seed corpus in tests/fuzz/corpus/NAME.
-fuzz: tools $(FUZZERS:%=build/fuzz/%)
+fuzz: tools $(FUZZERS:%=$(BUILD)/fuzz/%)
 	@for f in $(FUZZERS); do \
-	    name=$${f#fuzz_}; mkdir -p build/fuzz/corpus-$$name; \
+	    name=$${f#fuzz_}; mkdir -p $(BUILD)/fuzz/corpus-$$name; \
 	    echo "fuzz: $$f for $(FUZZ_SECONDS)s"; \
-	    build/fuzz/$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 \
-	        -artifact_prefix=build/fuzz/$$f- build/fuzz/corpus-$$name tests/fuzz/corpus/$$name \
-	        2>build/fuzz/$$f.log || { tail -40 build/fuzz/$$f.log; exit 1; }; \
-	    grep -h '^#.*DONE' build/fuzz/$$f.log || tail -1 build/fuzz/$$f.log; \
+	    $(BUILD)/fuzz/$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 \
+	        -artifact_prefix=$(BUILD)/fuzz/$$f- $(BUILD)/fuzz/corpus-$$name tests/fuzz/corpus/$$name \
+	        2>$(BUILD)/fuzz/$$f.log || { tail -40 $(BUILD)/fuzz/$$f.log; exit 1; }; \
+	    grep -h '^#.*DONE' $(BUILD)/fuzz/$$f.log || tail -1 $(BUILD)/fuzz/$$f.log; \
 	done
 
 tools:
 	@scripts/install-deps --tools
 
-build/fuzz/fuzz_%: tests/fuzz/fuzz_%.cpp $(COMMON_SRC) $(wildcard common/*.hpp labs/02-udp-chat/chat.hpp)
+$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.cpp $(COMMON_SRC) $(wildcard common/*.hpp labs/02-udp-chat/*.hpp)
 	@mkdir -p $(@D)
 	clang++ $(FUZZ_FLAGS) $< $(COMMON_SRC) -o $@
 

@@ -22,6 +22,10 @@ bool write_all(int fd, const void* data, std::size_t size) {
         if (n == -1) return false;
         bytes += n;  // a short write: go round again with the rest
         size -= static_cast<std::size_t>(n);
+        if (size > 0 && stop_requested()) {  // cut short by the stop signal itself
+            errno = EINTR;
+            return false;
+        }
     }
     return true;
 }
@@ -40,7 +44,7 @@ bool wait_readable(int fd, double seconds) {
 }
 
 ssize_t LineReader::fill() {
-    char chunk[4096];
+    char chunk[65536];
     const ssize_t n = ::read(fd_, chunk, sizeof chunk);
     if (n == 0) eof_ = true;
     if (n > 0) buffer_.append(chunk, static_cast<std::size_t>(n));
@@ -48,7 +52,8 @@ ssize_t LineReader::fill() {
 }
 
 std::optional<std::string> LineReader::next() {
-    auto newline = buffer_.find('\n');
+    auto newline = buffer_.find('\n', searched_);  // never the same bytes twice: long lines
+    searched_ = newline == std::string::npos ? buffer_.size() : 0;
     if (newline == std::string::npos && (!eof_ || buffer_.empty())) return std::nullopt;
     if (newline == std::string::npos) newline = buffer_.size();  // a last line without '\n'
     std::string line = buffer_.substr(0, newline);

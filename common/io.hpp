@@ -46,6 +46,7 @@ class LineReader {
   private:
     int fd_;
     std::string buffer_;
+    std::size_t searched_ = 0;  // buffer_ holds no '\n' before this
     bool eof_ = false;
 };
 

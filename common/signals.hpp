@@ -6,7 +6,7 @@
 // poll ...) returns -1 with EINTR, and the loop, which checks stop_requested() each time
 // round, leaves. A signal landing after that check but before the call blocks would find
 // nothing to interrupt, so the handler also starts a timer raising SIGALRM every 50 ms:
-// the next blocking call is interrupted too (signals.cpp; lab 03's handout explains).
+// the next blocking call is interrupted too (signals.cpp; lab 01's handout explains).
 #pragma once
 
 #include <csignal>
