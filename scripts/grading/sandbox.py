@@ -196,6 +196,7 @@ class Cgroup:
             self.dirs = []
 
     def _make(self, d: Path):
+        remove_stale_cgroups(d.parent)
         d.mkdir()
         self.dirs.append(d)
 
@@ -211,28 +212,49 @@ class Cgroup:
     def procs_files(self) -> list[str]:
         return [str(d / "cgroup.procs") for d in self.dirs]
 
-    def pids(self) -> set[int]:
-        """Live processes in the cgroup (zombies run nothing and are left out)."""
+    def pids(self, zombies=False) -> set[int]:
+        """Live processes in the cgroup (zombies run nothing: left out unless asked for)."""
         found = set()
         for d in self.dirs:
             try:
                 found |= {int(x) for x in (d / "cgroup.procs").read_text().split()}
             except OSError:
                 pass
-        return {pid for pid in found if _state(pid) not in (None, "Z", "X")}
+        return found if zombies else {pid for pid in found if _state(pid) not in (None, "Z", "X")}
 
     def remove(self):
+        """Removes the cgroup once every process in it has ended (a fork bomb's thousand
+        processes take a moment to die on a busy machine)."""
+        deadline = time.monotonic() + 60
         for d in reversed(self.dirs):
-            for _ in range(50):
+            while True:
                 try:
                     d.rmdir()
                     break
                 except FileNotFoundError:
                     break
                 except OSError:
-                    for pid in self.pids():
+                    if time.monotonic() > deadline:
+                        break
+                    for pid in self.pids(zombies=True):
                         _kill(pid)
-                    time.sleep(0.02)
+                    time.sleep(0.05)
+
+
+def remove_stale_cgroups(parent: Path):
+    """Cgroups of graders that died before removing theirs (labs-grade-SLOT-PID, PID gone):
+    whatever ran in them has ended; an empty cgroup is all that is left."""
+    try:
+        names = [p for p in parent.iterdir() if p.name.startswith("labs-grade-")]
+    except OSError:
+        return
+    for d in names:
+        pid = d.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not os.path.exists("/proc/%s" % pid):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
 
 
 def _state(pid: int) -> str | None:

@@ -150,7 +150,7 @@ def test_a_hang_is_stopped_in_bounded_time_and_nothing_is_left(tmp_path, lab01_b
     import time
     began = time.monotonic()
     labs, _, out = grade(tmp_path, fake, "01", "--timeout", "8", env={"LABS_READY_TIMEOUT": "60"})
-    assert time.monotonic() - began < 8 + 20
+    assert time.monotonic() - began < 8 + 60  # against the 600 s the server would take
     assert labs[LAB]["points"] < labs[LAB]["max"] * 0.7, out
     assert labs[LAB]["reason"].startswith("timed out after 8s"), out
     assert not leftovers(), "processes left running"

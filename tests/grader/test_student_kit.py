@@ -84,7 +84,7 @@ def secret_lines(tree, num):
         if earlier < num:
             outside |= regions(tree, earlier)[1]
     public = set()
-    for part in ("common", "tests/load", "tests/unit", "tests/e2e", "scripts"):
+    for part in ("common", "tests/load", "tests/unit", "tests/e2e", "scripts", "tools"):
         for p in (tree / part).rglob("*"):
             if p.is_file() and p.suffix in (".cpp", ".hpp", ".py", ""):
                 try:
@@ -131,7 +131,7 @@ def test_every_task_is_a_todo_with_its_entry_in_your_turn(instructor, kit):
 def test_the_kit_holds_its_labs_and_their_tests_only(kit):
     labs = sorted(d.name[:2] for d in (kit / "labs").iterdir())
     assert labs == list(LABS)
-    tests = sorted(p.name for p in (kit / "tests" / "e2e").glob("test_*.py"))
+    tests = sorted(p.name for p in (kit / "tests" / "e2e").glob("test_[0-9][0-9]_*.py"))
     assert tests and all(t[5:7] in LABS for t in tests), tests
     for gone in ("tests/grader", "tests/docs", ".ci", "scripts/gradescope", "scripts/student-kit"):
         assert not (kit / gone).exists(), gone
