@@ -16,7 +16,8 @@ What a program inside sees and may do:
 The grader's own processes inside (pytest, scripts/netlab) keep a few capabilities that
 count only inside the sandbox's namespaces (CAP_NET_ADMIN and CAP_SYS_ADMIN for test
 hosts in network namespaces, CAP_SYS_PTRACE to count a program's descriptors...). Student
-programs are started through drop_caps_argv(): no capabilities at all, no_new_privs.
+programs are started through launcher.c (make and the compiler through drop_caps_argv()):
+no capabilities at all, no_new_privs.
 Without capabilities they cannot open /proc/PID/fd or /proc/PID/mem of the processes
 that hold them, so the report descriptor the grader hands to pytest stays out of reach.
 
