@@ -10,7 +10,6 @@
 #include "common/error.hpp"
 
 namespace lab {
-
 namespace {
 // The whole text, a number in [min, max]: "+1", "1x", " 1", "inf" and "nan" are refused.
 template <typename Number>

@@ -24,10 +24,9 @@ inline constexpr int kExitUsage = 2;
 void set_program_name(std::string_view argv0);
 [[nodiscard]] const std::string& program_name();
 
-// `text` with every byte a terminal or a log could take for a command written as an
-// escape: control bytes as \n \r \t \xNN, a backslash as \\, bytes that are not UTF-8 as
-// \xNN, and the invisible Unicode controls (C1, bidirectional overrides) as \uNNNN.
-// Printable ASCII and valid UTF-8 text (names in Chinese, say) pass unchanged.
+// `text` safe for a terminal or a log: control bytes as \n \r \t \xNN, a backslash as \\,
+// non-UTF-8 bytes as \xNN, invisible controls (C1, bidi overrides) as \uNNNN. Printable
+// ASCII and valid UTF-8 (names in Chinese, say) pass unchanged.
 [[nodiscard]] std::string escape(std::string_view text);
 
 // "PROG: WHAT WHERE: strerror(err)" on stderr; WHERE may be empty. die() then exits 1.

@@ -24,12 +24,10 @@ class Fd {
 
     [[nodiscard]] int get() const noexcept { return fd_; }
     explicit operator bool() const noexcept { return fd_ >= 0; }
-
     // Gives up ownership without closing: the caller now owns the number.
     [[nodiscard]] int release() noexcept { return std::exchange(fd_, -1); }
 
-    // Closes what is held (if anything) and takes ownership of `fd`. No retry of close()
-    // on EINTR: on Linux the descriptor is gone either way.
+    // Closes what it held, then owns `fd`. No retry of close(): EINTR frees it too on Linux.
     void reset(int fd = -1) noexcept {
         const int old = std::exchange(fd_, fd);
         if (old >= 0) ::close(old);

@@ -23,8 +23,7 @@ namespace lab {
     return write_all(fd, bytes.data(), bytes.size());
 }
 
-// Waits at most `seconds` for fd to be readable (poll). False on timeout, on an error, or
-// once a stop signal has arrived (lab::stop_requested() tells which).
+// Waits at most `seconds` for fd to be readable (poll): false on timeout, error or stop.
 [[nodiscard]] bool wait_readable(int fd, double seconds);
 
 // Hands out a descriptor's input (stdin, usually) a line at a time, without its '\n'; the
