@@ -36,8 +36,7 @@ TCP echo server: one thread, epoll, thousands of clients at once.
   -H, --host ADDR             address to listen on (default 127.0.0.1; :: or 0.0.0.0 for all)
   -p, --port N                port to listen on (default 9909; 0 lets the kernel choose)
       --mode lt|et            level-triggered (the default) or edge-triggered epoll
-      --max-clients N         clients at once; one more is told "server busy" (default: the
-                              descriptor limit, ulimit -n, minus 8)
+      --max-clients N         clients at once; one more is told "server busy" (ulimit -n - 8)
       --max-buffer BYTES      unsent echo per client before reading it stops (1048576)
       --idle-timeout SECONDS  drop a client that neither sends nor reads for that long (60)
       --quiet                 no log line per event
@@ -62,9 +61,9 @@ struct Server {
     std::vector<Client> clients;     // indexed by descriptor number
     std::vector<std::string> peers;  // "127.0.0.1:50312" by descriptor, for the log
     std::vector<char> buffer = std::vector<char>(kReadChunk);  // every read() lands here
-    long long now = 0, count = 0;            // the time (ms), the clients connected
-    int oldest = -1, newest = -1;            // the ends of the list by last activity
-    bool out_of_fds = false, retry = false;  // said so (once); accept when a client leaves
+    long long now = 0, count = 0;  // the time (ms), the clients connected
+    int oldest = -1, newest = -1;  // the ends of the list by last activity
+    bool out_of_fds = false;       // accept4() failed with EMFILE, said so (once): try each turn
     lab::Log log{false};
     void accept_clients();  // the lesson, after main
     void add_client(lab::Fd fd, const lab::Endpoint& address);
@@ -152,7 +151,7 @@ int main(int argc, char** argv) {
         while (server.oldest != -1 && server.at(server.oldest).deadline <= server.now)
             server.close_client(server.oldest,
                                 "idle for " + lab::seconds_text(server.idle_timeout));
-        if (incoming || server.retry) server.accept_clients();
+        if (incoming || server.out_of_fds) server.accept_clients();
     }
     server.log("stopping on ", lab::stop_signal_name());
     return lab::kExitOk;  // every lab::Fd closes its socket on the way out
@@ -161,7 +160,7 @@ int main(int argc, char** argv) {
 // 6. accept4() until EAGAIN: one report may stand for many waiting connections. One too
 //    many is told "server busy" (a fresh socket has room) and closed.
 void Server::accept_clients() {
-    for (retry = false; !lab::stop_requested();) {
+    while (!lab::stop_requested()) {
         lab::Endpoint peer;
         lab::Fd fd(accept4(listen_fd.get(), peer.addr(), &peer.size, SOCK_NONBLOCK | SOCK_CLOEXEC));
         if (!fd && (errno == ECONNABORTED || errno == EPROTO)) continue;  // it gave up: next
@@ -234,14 +233,13 @@ static bool drained(std::uint32_t events, std::size_t n, std::size_t asked) {
 }
 
 // 9. close(): resetting the Client closes its descriptor, which also takes it out of the
-//    interest list (Pitfalls: not always). Out of descriptors, accept again now.
+//    interest list (Pitfalls: not always).
 void Server::close_client(int fd, std::string_view why) {
     if (why.empty()) log("client ", peer(fd), " left after ", at(fd).bytes, " bytes");
     if (!why.empty()) log("client ", peer(fd), " dropped: ", why);
     unlink(fd);
     at(fd) = Client{};
     --count;
-    retry = out_of_fds;
 }
 
 // Slow readers: what the socket does not take waits in `out`, which exists only then. At
@@ -290,7 +288,7 @@ void Server::unlink(int fd) {
 }
 
 // Out of descriptors (EMFILE): the connection stays queued. A level-triggered listener would
-// be reported again at once, a spin; this one waits for a client to leave. Said once.
+// be reported again at once, a spin; this one is not, and main tries once per turn.
 void Server::out_of_descriptors() {
     if (errno == EAGAIN) out_of_fds = false;  // the queue is empty: any shortage is over
     if (errno != EMFILE && errno != ENFILE && errno != ENOBUFS && errno != ENOMEM) return;
