@@ -144,6 +144,10 @@ def test_the_kit_holds_its_labs_and_their_tests_only(kit):
     for said in ("Your turn", "make test LAB=01", "scripts/grade --src .", "## Submit",
                  "labs/NN-name/*.cpp"):
         assert said in readme, said
+    # A lab the kit does not have is an error, not a silent run of nothing.
+    p = subprocess.run(["make", "-C", str(kit), "-n", "test", "LAB=13"], capture_output=True,
+                       timeout=60, env=clean_env())
+    assert p.returncode != 0 and b"no lab" in p.stderr, p.stderr
 
 
 def test_a_kit_of_one_lab_leaves_the_others_out(instructor, tmp_path):
