@@ -51,8 +51,8 @@ class EchoLab:
     idle_timeout: bool = False  # the server takes --idle-timeout SECONDS
     # The server's log lines, as regexes, for the events "connected", "bytes" (read from a
     # client), "left", "reset", "busy" and "stop" (on a signal): PEER stands for the
-    # client's address, SIGNO for the signal's number, CLIENTS for how many clients there
-    # were. An event left out is not checked.
+    # client's address, SIGNAME for the signal's name (SIGTERM), SIGNO for its number,
+    # CLIENTS for how many clients there were. An event left out is not checked.
     logs: dict = field(default_factory=dict)
     event_loop: bool = False  # 07, 08, 09: the second part of the contract applies too
     out_of_descriptors: str = "refuse"  # event loops at EMFILE: "refuse" (busy) or "pause"
@@ -60,8 +60,9 @@ class EchoLab:
 
     def log(self, event, peer=r"127\.0\.0\.1:\d+", signo=0, clients=0) -> str:
         """The regex of the log line for `event`, or "" when the lab's is not checked."""
-        return (self.logs.get(event, "").replace("PEER", peer).replace("SIGNO", str(signo))
-                .replace("CLIENTS", str(clients)))
+        name = signal.Signals(signo).name if signo else ""
+        return (self.logs.get(event, "").replace("PEER", peer).replace("SIGNAME", name)
+                .replace("SIGNO", str(signo)).replace("CLIENTS", str(clients)))
 
 
 def address_args(server) -> list:

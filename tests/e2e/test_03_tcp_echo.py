@@ -30,7 +30,7 @@ LAB = EchoLab(
           "left": r"^client PEER left after \d+ bytes$",
           # A reset is one client's trouble: a log line saying why it was dropped.
           "reset": r"^client PEER dropped: (Connection reset by peer|Broken pipe)$",
-          "stop": r"^stopping on SIG(TERM|INT)$"},
+          "stop": r"^stopping on SIGNAME$"},
     help_mentions={"server": [b"--idle-timeout"], "client": [b"--timeout"]},
     bad_arguments=[
         ("server", ["--port", "70000"]), ("server", ["--no-such-flag"]),
