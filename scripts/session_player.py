@@ -10,7 +10,9 @@ Each terminal is a bash shell on a pseudo-terminal of its own, started inside a 
 namespace made for the session (so the lab's own port is free and nothing leaks to the
 machine's network), in a scratch directory that looks like the repository root: `build/`
 holds the labs to test (LABS_BIN), `scripts/`, `labs/` and the rest point at the
-repository. Programs can be wrapped (valgrind for make valgrind, strace for make trace).
+repository. Programs can be wrapped (valgrind for make valgrind, strace for make trace),
+and hooks see the namespace once it exists, each step before it is played, and the
+namespace again once the terminals are closed (make trace captures packets with them).
 Everything the session started, and the namespace, is gone when play() returns.
 """
 
@@ -263,7 +265,10 @@ class Namespace:
             subprocess.run(["ip", "netns", "add", self.name], check=True, capture_output=True)
             subprocess.run(["ip", "-n", self.name, "link", "set", "lo", "up"], check=True,
                            capture_output=True)
-            self.prefix = ["ip", "netns", "exec", self.name]
+            # nsenter, not `ip netns exec`: that would give each terminal a mount namespace
+            # of its own, and the namespaces a session makes (netlab up, in one terminal)
+            # would then be mounted where no other terminal sees them.
+            self.prefix = ["nsenter", "--net=/run/netns/" + self.name]
             return
         # Without root: a user namespace of our own, in which we may make a network one.
         if not shutil.which("unshare") or not shutil.which("nsenter"):
@@ -324,15 +329,23 @@ class Namespace:
 @dataclass
 class Player:
     """Plays one session. bin_dir is the build to run; wrap(prog_path) may return an argv
-    prefix (valgrind ..., strace ...) to run each lab program under."""
+    prefix (valgrind ..., strace ...) to run each lab program under. The hooks, when given:
+    on_namespace(namespace) once the namespace exists, before any terminal starts;
+    on_step(step) as each step is played (a command once its terminal is ready for it,
+    right before it is typed); on_close(namespace) once the terminals are closed, before
+    the namespace goes (also when the session failed)."""
 
     bin_dir: Path
     timeout: float = 10.0
     narrate: bool = False
     wrap: object = None
     out: object = None  # where narration goes (print by default)
+    on_namespace: object = None
+    on_step: object = None
+    on_close: object = None
     terminals: dict = field(default_factory=dict)
     netlab_prefix: str = ""
+    work: object = None  # the scratch repository root, while a session plays
 
     def say(self, text=""):
         (self.out or print)(text)
@@ -344,23 +357,30 @@ class Player:
                                % (handout, title))
         if session.needs_root and os.geteuid() != 0:
             raise SessionSkipped("this session needs root (network namespaces of its own)")
-        work = Path(tempfile.mkdtemp(prefix="session-"))
+        work = self.work = Path(tempfile.mkdtemp(prefix="session-"))
         namespace = None
         self.netlab_prefix = "s%s-" % uuid.uuid4().hex[:6]
         try:
             self._prepare(work)
             namespace = Namespace()
+            if self.on_namespace:
+                self.on_namespace(namespace)
             self._run(session, work, namespace)
         finally:
             for t in self.terminals.values():
                 t.close()
-            if namespace:
-                namespace.close()
-            if session.needs_root and (REPO / "scripts" / "netlab").exists():
-                subprocess.run([str(REPO / "scripts" / "netlab"), "down"], capture_output=True,
-                               env=dict(os.environ, NETLAB_PREFIX=self.netlab_prefix))
-            self.terminals = {}
-            shutil.rmtree(work, ignore_errors=True)
+            try:
+                if namespace and self.on_close:
+                    self.on_close(namespace)
+            finally:
+                if namespace:
+                    namespace.close()
+                if session.needs_root and (REPO / "scripts" / "netlab").exists():
+                    subprocess.run([str(REPO / "scripts" / "netlab"), "down"],
+                                   capture_output=True,
+                                   env=dict(os.environ, NETLAB_PREFIX=self.netlab_prefix))
+                self.terminals = {}
+                shutil.rmtree(work, ignore_errors=True)
 
     # -- the scratch repository root
 
@@ -382,7 +402,7 @@ class Player:
                 prefix = self.wrap(prog) if prog.is_file() and os.access(prog, os.X_OK) else None
                 if prefix:
                     quoted = " ".join("'%s'" % str(p).replace("'", "'\\''") for p in prefix)
-                    target.write_text('#!/bin/sh\nexec %s "%s" "$@"\n' % (quoted, prog.resolve()))
+                    target.write_text('#!/bin/bash\nexec %s "%s" "$@"\n' % (quoted, prog.resolve()))
                     target.chmod(0o755)
                 else:
                     target.symlink_to(prog.resolve())
@@ -424,6 +444,8 @@ class Player:
                 self.say("  --- terminal %d" % block.terminal)
             gap = False
             for step in block.steps:
+                if self.on_step and step.kind != "command":  # a command: once it is typed
+                    self.on_step(step)
                 where = "%s:%d" % (session.handout.relative_to(REPO)
                                    if session.handout.is_relative_to(REPO)
                                    else session.handout, step.line)
@@ -458,6 +480,8 @@ class Player:
                                               t.screen()))
         t.prompts_used = t.prompts
         t.busy_with = step.text
+        if self.on_step:
+            self.on_step(step)
         t.write(step.text.encode() + b"\n")
         self._show("$ " + step.text)
         if background:  # its prompt comes back at once: the next command need not wait
