@@ -56,7 +56,7 @@ SAN_ENV    := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
               UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=86 \
               TSAN_OPTIONS=halt_on_error=1:exitcode=86:second_deadlock_stack=1
 
-.PHONY: all test unit e2e sanitize tsan tour deps clean help format lint fuzz valgrind bench student-kit test-grader gradescope tools
+.PHONY: all test unit e2e sanitize tsan tour deps clean help format lint fuzz valgrind bench student-kit test-grader gradescope tools trace
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -147,6 +147,13 @@ tour: deps
 	$(BUILD_ALL)
 	$(PYTHON) scripts/tour --bin $(BUILD)
 
+# The handouts' sessions with their packets (tcpdump) and system calls (strace) recorded and
+# drawn on one timeline, into build/trace/NN-name/ (docs/trace.md). Packets need root.
+trace: deps
+	$(BUILD_ALL)
+	@scripts/install-deps --trace
+	$(PYTHON) scripts/trace --bin $(BUILD) $(LAB_NUM)
+
 format:
 	clang-format -i common/*.[ch]pp labs/*/*.[ch]pp $(wildcard tools/*.[ch]pp) tests/unit/*.cpp
 
@@ -163,6 +170,7 @@ help:
 	@echo "make sanitize        everything again under ASan + UBSan, in build/sanitize"
 	@echo "make tsan            the threaded labs under ThreadSanitizer, in build/tsan"
 	@echo "make tour            run every lab once and show both sides"
+	@echo "make trace LAB=03    lab 03's session as packets and system calls on one timeline"
 	@echo "make bench           the servers measured side by side into docs/bench/ (QUICK=1: short)"
 	@echo "make lint            clang-tidy and clang-format over the whole tree"
 	@echo "make fuzz            libFuzzer on common/ and lab 02's relay (FUZZ_SECONDS=20 each)"
