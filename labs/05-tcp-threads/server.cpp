@@ -27,7 +27,6 @@ constexpr double kDefaultIdleTimeout = 60;
 constexpr std::size_t kBufferSize = 16384;
 constexpr std::string_view kBusyReply = "server busy\n";
 constexpr std::chrono::milliseconds kPause{100};  // when accept() finds no descriptor left
-
 constexpr const char* kUsage = R"(usage: server [OPTIONS] [PORT]
 TCP echo server, one thread per connection.
   -H, --host ADDR             address to listen on (default 127.0.0.1; :: or 0.0.0.0 for all)
@@ -35,7 +34,6 @@ TCP echo server, one thread per connection.
       --max-clients N         clients served at once (default 64, at most 4096)
       --idle-timeout SECONDS  drop a client that neither sends nor reads for that long (60)
       --quiet                 no log line per event
-      --help                  this text
 )";
 
 // A connected client. Its worker thread owns it, and so closes it on every path.
@@ -57,14 +55,14 @@ class Clients {
         live_.push_back(fd);
         return true;
     }
-    // A worker's last call, while its Fd is open: main never shuts down a closed number.
-    void leave(int fd) {
+    // A worker's last call, its Fd still open; the line is logged under the lock (Pitfalls).
+    void leave(int fd, const lab::Log& log, const std::string& line) {
         const std::lock_guard<std::mutex> lock(mutex_);
+        log(line);
         std::erase(live_, fd);
         gone_.notify_one();
     }
-    // Wakes every worker with shutdown(SHUT_RDWR) (a blocked read() returns 0, a blocked
-    // write() fails with EPIPE), then waits on gone_ until the last has left.
+    // Wakes each worker with shutdown() (read() returns 0, write() fails); waits till all left.
     void stop_all() {
         // TASK 05.stop-all
         std::unique_lock<std::mutex> lock(mutex_);
@@ -74,7 +72,6 @@ class Clients {
         // END TASK
     }
 };
-
 static void start_worker(lab::Fd, const std::string&, Clients&, double, const lab::Log&);
 static void refuse(int fd, const std::string& peer, const lab::Log& log);
 static void accept_failed(const std::string& where, bool& told);
@@ -94,7 +91,6 @@ int main(int argc, char** argv) {
     const std::string where = lab::format_address(local);
     const lab::Log log(quiet);
     lab::handle_signals();
-
     // 1. socket(): the listening socket, which only ever hands out connections.
     const lab::Fd listen_fd(socket(local.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!listen_fd) lab::die("socket");
@@ -130,6 +126,13 @@ int main(int argc, char** argv) {
     return lab::kExitOk;
 }
 
+// lab::write_all() without its look at the stop flag, which only main may read (Pitfalls).
+static bool send_all(int fd, const char* data, std::size_t size) {
+    for (ssize_t n = 0; size > 0; data += n, size -= static_cast<std::size_t>(n))
+        if ((n = write(fd, data, size)) == -1) return false;
+    return true;
+}
+
 // A worker thread: lab 03's echo loop for one client, on a thread of its own.
 static void serve(Client client, Clients& clients, double idle_timeout, const lab::Log& log) {
     pthread_setname_np(pthread_self(), "worker");  // what ps -L and top -H show
@@ -142,18 +145,16 @@ static void serve(Client client, Clients& clients, double idle_timeout, const la
     // 7. read() blocks this thread only. No EINTR: the thread blocks every signal.
     while ((n = read(client.conn.get(), buffer.data(), buffer.size())) > 0) {
         log("from ", client.peer, ": ", n, " bytes");
-        // 8. write(): the echo; write_all() finishes short writes.
-        if (!lab::write_all(client.conn.get(), buffer.data(), static_cast<std::size_t>(n))) break;
+        // 8. write(): the echo; send_all() finishes short writes.
+        if (!send_all(client.conn.get(), buffer.data(), static_cast<std::size_t>(n))) break;
         total += n;
     }
     // END TASK
-    if (n == 0)
-        log("client ", client.peer, " left after ", total, " bytes");
-    else if (errno == EAGAIN)
-        log("client ", client.peer, " dropped: idle for ", lab::seconds_text(idle_timeout));
-    else
-        log("client ", client.peer, " dropped: ", std::strerror(errno));
-    clients.leave(client.conn.get());  // then the Fd closes the connection as serve() returns
+    std::string how = "left after " + std::to_string(total) + " bytes";
+    if (n != 0)
+        how = errno == EAGAIN ? "dropped: idle for " + lab::seconds_text(idle_timeout)
+                              : std::string("dropped: ") + std::strerror(errno);
+    clients.leave(client.conn.get(), log, "client " + client.peer + " " + how);  // then close
 }
 
 // Starts a detached thread running serve(): nobody joins it, its stack is freed as it ends. It
@@ -171,8 +172,7 @@ static void start_worker(lab::Fd conn, const std::string& peer, Clients& clients
                     std::cref(log))
             .detach();
     } catch (const std::system_error& e) {  // the Client went with the thread that never ran
-        clients.leave(fd);
-        log("client ", peer, " dropped: ", e.what());
+        clients.leave(fd, log, "client " + peer + " dropped: " + e.what());
     }
     pthread_sigmask(SIG_SETMASK, &main_mask, nullptr);
     // END TASK
