@@ -6,21 +6,28 @@ always removed by scripts/netlab) to show delivery across hosts, IP_MULTICAST_LO
 IPv6 groups, which Linux's lo does not carry.
 """
 
+import contextlib
+import fcntl
 import os
+import select
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import termios
+import threading
+import time
 
 import pytest
 
-from conftest import needs_root, wait_until
-from faults import RECEIVER_FAULTS, fault_name, survive
+from conftest import SANITIZER_REPORTS, needs_root, wait_until
+from faults import RECEIVER_FAULTS, fault_name, fault_stray_signals, survive
 
 FAST = ("--interval", "50")  # milliseconds between datagrams, so that tests stay quick
 IP_RECVTTL = getattr(socket, "IP_RECVTTL", 12)
 IP_TTL = getattr(socket, "IP_TTL", 2)
+STOP_WITHIN = 3.0  # the program has one second; the rest is the machine's load
 
 
 def own_group(last: int) -> str:
@@ -63,6 +70,109 @@ def igmp_users(group: str, device: str = "lo") -> int:
             elif current == device and fields and fields[0] == want:
                 return int(fields[1])
     return 0
+
+
+def udp_rx_queue(port: int) -> int:
+    """Bytes waiting in the receive queues of the UDP sockets bound to `port`, from
+    /proc/net/udp: what the receivers have not taken yet."""
+    total = 0
+    with open("/proc/net/udp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                total += int(fields[4].split(":")[1], 16)
+    return total
+
+
+@contextlib.contextmanager
+def flooding(port: int, group: str, pause_every: int = 0):
+    """Datagrams of 1000 bytes to `group`:`port` from a thread, as fast as Python sends them
+    (or with a millisecond's pause after every `pause_every`), until the block ends."""
+    done, sent = threading.Event(), [0]
+
+    def pump():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+            while not done.is_set():
+                s.sendto(b"f" * 1000, (group, port))
+                sent[0] += 1
+                if pause_every and sent[0] % pause_every == 0:
+                    time.sleep(0.001)  # the pace of the flood, not a wait for anything
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    try:
+        yield sent
+    finally:
+        done.set()
+        thread.join(10)
+
+
+class Stalled:
+    """A lab program whose stdout is a pipe that nobody reads after its first line: once
+    the pipe's 64 KiB are full, each of its writes blocks."""
+
+    def __init__(self, path, *args):
+        self.out, write_end = os.pipe()
+        self.proc = subprocess.Popen([str(path), *args], stdin=subprocess.DEVNULL,
+                                     stdout=write_end, stderr=subprocess.PIPE,
+                                     start_new_session=True)
+        os.close(write_end)
+        self.stderr = b""
+
+    def first_line(self, timeout: float = 10.0) -> bytes:
+        line = b""
+        deadline = time.monotonic() + timeout
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            assert left > 0 and select.select([self.out], [], [], left)[0], "no first line"
+            byte = os.read(self.out, 1)
+            assert byte, "output ended before a first line"
+            line += byte
+        return line[:-1]
+
+    def unread(self) -> int:
+        """Bytes in the pipe that nobody has read."""
+        return struct.unpack("i", fcntl.ioctl(self.out, termios.FIONREAD, b"\0" * 4))[0]
+
+    def stops_in_time(self, signo=signal.SIGTERM) -> None:
+        """Sends `signo`; the program must exit 0 within STOP_WITHIN seconds."""
+        began = time.monotonic()
+        self.proc.send_signal(signo)
+        try:
+            status = self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("still running 10 s after %s" % signo.name) from None
+        took = time.monotonic() - began
+        assert status == 0, "exit status %d" % status
+        assert took < STOP_WITHIN, "stopped after %.1fs" % took
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
+        self.stderr = self.proc.stderr.read()
+        self.proc.stderr.close()
+        os.close(self.out)
+
+
+@pytest.fixture
+def stalled(lab):
+    """Starts programs as Stalled; stops them (SIGKILL) and checks their stderr for a
+    sanitizer report when the test ends."""
+    started = []
+
+    def start(prog, *args):
+        started.append(Stalled(lab.path(prog), *args))
+        return started[-1]
+
+    yield start
+    for program in started:
+        program.close()
+    reports = [p.stderr.decode(errors="replace") for p in started
+               if any(marker in p.stderr for marker in SANITIZER_REPORTS)]
+    if reports:
+        pytest.fail("sanitizer report:\n" + "\n".join(reports), pytrace=False)
 
 
 # ----------------------------------------------------------------- the normal path
@@ -197,6 +307,7 @@ def test_group_as_interface_fails_like_the_source_notes(run):
     ("client", ["--host", "::1"]),
     ("client", ["--count", "x"]),
     ("server", ["--port", "70000"]),
+    ("client", ["--timeout", "2"]),  # a member expects no reply, so it has no timeout
 ])
 def test_bad_arguments_exit_2_with_usage(run, prog, args):
     """A bad argument: one line saying what is wrong, then the usage, on stderr; exit status 2."""
@@ -232,7 +343,101 @@ def test_signal_stops_a_sleeping_sender_at_once(start, signo):
                    ready=False)
     sender.expect(r"^sent 'multicast 1'")
     assert sender.stop(signo, timeout=3) == 0
-    assert sender.stdout_lines[-1] == b"stopping on signal %d" % signo
+    assert sender.stdout_lines[-1] == b"stopping on " + signo.name.encode()
+
+
+@pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_a_receiver_blocked_in_recvfrom_at_once(start, signo):
+    """A member waiting in recvfrom() stops within a second of SIGTERM or SIGINT, status 0,
+    saying nothing, and leaves its group."""
+    group = own_group(5)
+    receiver = start("client", "--group", group, "--port", "0")
+    wait_until(lambda: igmp_users(group) == 1, what="the join")
+    began = time.monotonic()
+    assert receiver.stop(signo, timeout=10) == 0
+    assert time.monotonic() - began < STOP_WITHIN
+    assert receiver.stdout_lines[1:] == [] and receiver.stderr == ""
+    wait_until(lambda: igmp_users(group) == 0, what="the leave")
+
+
+def test_receiver_stops_while_flooded(start):
+    """The group's datagrams arrive as fast as Python sends them: SIGTERM still ends the
+    member within a second, status 0. The loop looks at the stop flag every time round."""
+    group = own_group(6)
+    receiver = start("client", "--group", group, "--port", "0")
+    with flooding(receiver.port, group):
+        wait_until(lambda: len(receiver.stdout_lines) > 1000, timeout=10,
+                   what="a thousand datagrams printed")
+        began = time.monotonic()
+        assert receiver.stop(signal.SIGTERM, timeout=10) == 0
+        assert time.monotonic() - began < STOP_WITHIN
+
+
+def test_receiver_stops_while_its_stdout_is_full(stalled):
+    """Nobody reads the member's stdout and the group's datagrams keep coming: it is blocked
+    in write() with datagrams always waiting in its socket. SIGTERM ends it within a second,
+    status 0, and it leaves the group. (A loop that waited in ppoll() and looked at the
+    flag only on EINTR never stopped here: its socket is always readable.)"""
+    group = own_group(7)
+    receiver = stalled("client", "--group", group, "--port", "0")
+    port = int(receiver.first_line().rsplit(b":", 1)[1])
+    with flooding(port, group, pause_every=10):
+        wait_until(lambda: receiver.unread() > 60000 and udp_rx_queue(port) > 0, timeout=10,
+                   what="the pipe full and datagrams queued")
+        receiver.stops_in_time(signal.SIGTERM)
+    wait_until(lambda: igmp_users(group) == 0, what="the leave")
+
+
+def test_sender_stops_while_its_stdout_is_full(stalled):
+    """Nobody reads the sender's log and it sends without a pause (--interval 0): it is
+    blocked writing a log line. SIGTERM ends it within a second, status 0."""
+    sender = stalled("server", "--group", own_group(8), "--port", "9", "--interval", "0")
+    wait_until(lambda: sender.unread() > 60000, timeout=10, what="the pipe full")
+    sender.stops_in_time(signal.SIGTERM)
+
+
+@pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_a_sender_without_pause(start, signo):
+    """A sender with --interval 0 never sleeps: SIGTERM or SIGINT still ends it within a
+    second, status 0, and its last line says which signal."""
+    sender = start("server", "--group", own_group(9), "--port", "9", "--interval", "0",
+                   ready=False)
+    sender.expect(r"^sent 'multicast 1000'", timeout=10)
+    began = time.monotonic()
+    assert sender.stop(signo, timeout=10) == 0
+    assert time.monotonic() - began < STOP_WITHIN
+    assert sender.stdout_lines[-1] == b"stopping on " + signo.name.encode()
+
+
+def test_stray_signals_do_not_stop_the_receiver(start, run):
+    """SIGWINCH, SIGSTOP and SIGCONT while the member waits in recvfrom(): it goes on
+    waiting, then prints what comes, and SIGTERM still stops it."""
+    receiver = start("client", "--port", "0")
+
+    def still_served(receiver):
+        send(run, receiver.port, count=1)
+        assert receiver.read_line() == b"multicast 1"
+
+    survive(receiver, fault_stray_signals, served=still_served, memory_mib=8)
+
+
+EVIL = "evil\nready: udp 6.6.6.6:66\x1b]0;owned\x07"
+
+
+@pytest.mark.parametrize("prog,args", [
+    ("server", ["--group", EVIL]),
+    ("client", ["--interface", EVIL]),
+    ("server", ["--interface", EVIL]),
+])
+def test_arguments_in_errors_are_escaped(run, prog, args):
+    """An argument with a newline and a terminal escape comes back escaped in the one-line
+    error: it can neither forge a second line (a fake ready line) nor retitle a window."""
+    result = run(prog, *args)
+    assert result.returncode == 2
+    first = result.stderr.split("\n", 1)[0]
+    assert "evil\\nready: udp 6.6.6.6:66\\x1b]0;owned\\x07" in first
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+    assert result.stderr.split("\n")[1].startswith("usage: ")
 
 
 @pytest.mark.faults
