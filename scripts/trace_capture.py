@@ -30,7 +30,7 @@ from trace_events import Event
 CALLS = ("socket,socketpair,bind,listen,accept,accept4,connect,shutdown,close,setsockopt,"
          "read,write,readv,writev,recvfrom,sendto,recvmsg,sendmsg,recvmmsg,sendmmsg,"
          "select,pselect6,poll,ppoll,epoll_create1,epoll_ctl,epoll_wait,epoll_pwait,epoll_pwait2")
-RELAY_CALLS = "bind,connect,sendto,write"
+RELAY_CALLS = "socket,bind,getsockname,write"  # its addresses, and its log lines
 SNAPLEN = 256          # bytes kept of each packet: every header, and the payload's start
 NETLAB_HOSTS = ("a1", "a2", "a3", "b1", "b2")
 LISTENING_WITHIN = 10.0  # seconds tcpdump may take to say it listens (a loaded machine)

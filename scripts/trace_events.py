@@ -28,7 +28,7 @@ FD_CALLS = {"read", "write", "readv", "writev", "close"}  # shown only on a sock
 SIGNALS = {"SIGINT", "SIGTERM", "SIGPIPE", "SIGCHLD", "SIGHUP", "SIGURG"}
 SOCKET_KINDS = ("TCP", "TCPv6", "UDP", "UDPv6", "UNIX-STREAM", "UNIX-DGRAM", "UNIX-SEQPACKET",
                 "UNIX", "socket")
-OTHER_SIDE = {"client": "server", "server": "client", "relay": "server"}
+OTHER_SIDE = {"client": "server", "server": "client"}
 
 
 @dataclass
@@ -282,7 +282,7 @@ def learn_owners(call: Call, kind: str, owners: dict) -> None:
     args = split_args(addresses(call.args))
     other = OTHER_SIDE.get(call.who, "client")
     found: list[tuple[str, int, str]] = []
-    if call.name == "bind" and len(args) > 1:
+    if call.name in ("bind", "getsockname") and len(args) > 1:
         found.append(split_endpoint(args[1]) + (call.who,) if split_endpoint(args[1]) else None)
     elif call.name == "connect" and len(args) > 1:
         found.append(split_endpoint(args[1]) + (other,) if split_endpoint(args[1]) else None)
@@ -292,7 +292,11 @@ def learn_owners(call: Call, kind: str, owners: dict) -> None:
         peer = args[1] if call.name != "recvfrom" else (args[4] if len(args) > 4 else "")
         found.append(split_endpoint(peer) + (other,) if split_endpoint(peer) else None)
     for item in found:
-        if item:
+        if item and call.name in ("bind", "getsockname"):  # its own: that settles it
+            owners[(proto, item[0], item[1])] = item[2]
+            if call.name == "bind":  # the relay's clients send to what it binds
+                owners[("bound", proto, item[0], item[1])] = True
+        elif item:  # the other side's, as far as this call can tell
             owners.setdefault((proto, item[0], item[1]), item[2])
 
 
@@ -334,13 +338,10 @@ def read_strace(files: list[tuple[Path, str, int]], owners: dict) -> list[Event]
         inode = INODE.match(call.args)
         kind = kinds.get(inode.group(1), "socket") if inode else ""
         if call.who == "relay":  # its addresses and its decisions only
-            learn_owners(call, kind, owners)
+            learn_owners(call, "UDP", owners)
             text = STRING.search(call.args)
             if call.name == "write" and call.args.startswith("1<") and text:
                 line = text.group(1).replace("\\n", "")
-                m = re.search(r"to the server from (\S+)$", line)
-                if m and split_endpoint(m.group(1)):
-                    owners[("UDP",) + split_endpoint(m.group(1))] = "relay"
                 if line.startswith("#"):
                     events.append(Event(call.began, "relay", line, "log", label=line,
                                         pid=call.pid))
@@ -396,12 +397,18 @@ class Packets:
                 return self.owners[(proto, host, port)]
         return None
 
+    def other(self, role: str, proto: str, ip: str, port: int) -> str:
+        """Who is at the other end of a packet from or to `role` at ip:port."""
+        if role == "relay":  # its bound port faces the clients, the others the server
+            return "client" if ("bound", proto, ip, port) in self.owners else "server"
+        return OTHER_SIDE.get(role, "client")
+
     def sides(self, proto, src, sport, dst, dport) -> tuple[str, str]:
         a, b = self.side(proto, src, sport), self.side(proto, dst, dport)
         if a and not b:
-            b = OTHER_SIDE.get(a, "client")
+            b = self.other(a, proto, src, sport)
         elif b and not a:
-            a = "client" if b == "relay" else OTHER_SIDE.get(b, "client")
+            a = self.other(b, proto, dst, dport)
         elif not a and not b:
             a, b = "client", "server"
         return a, b

@@ -195,6 +195,32 @@ def test_01_icmp_port_unreachable_then_econnrefused(trace):
     assert t.svg_y(r"^ICMP port unreachable$") < t.svg_y(r"ECONNREFUSED")
 
 
+@pytest.mark.lab01
+def test_01_through_the_relay_a_lost_datagram_never_reaches_the_server(trace):
+    """Lab 01 through tools/impair (the session lab 01's handout can use): the relay's
+    lifeline says "lost" for the third line; that datagram reached the relay and never
+    went on to the server, and the client timed out."""
+    t = trace("01", SESSIONS / "01-impair.md")
+    arrived, _ = t.first(r'^127\.0\.0\.1:\d+ > 127\.0\.0\.1:9801 UDP 5 bytes$', "wire")
+    lost, _ = t.first(r"^#5 127\.0\.0\.1:\d+ -> server: 5 bytes: lost$", "relay", after=arrived)
+    timed_out, _ = t.first(r"^poll\(3:IN, 1000 ms\) = 0$", "client", after=lost)
+    assert not [x for x in t.all(r"> 127\.0\.0\.1:9901 UDP 5 bytes$", "wire")
+                if arrived < x[0] < timed_out]
+    assert len(t.all(r"-> server: 3 bytes: forwarded$", "relay")) >= 2
+    assert t.svg_y(r"^relay$") < t.svg_y(r"5 bytes: lost")
+
+
+@pytest.mark.lab02
+def test_02_through_the_relay_one_member_misses_a_message(trace):
+    """Lab 02 with bob behind tools/impair: the server sends bob a copy of each of alice's
+    three lines; the relay loses the second, and bob's client reads only two."""
+    t = trace("02", SESSIONS / "02-impair.md")
+    copies = t.all(r"^#[789] server -> 127\.0\.0\.1:\d+: 1[13] bytes: ", "relay")
+    assert [c[1].rsplit(": ", 1)[1] for c in copies] == ["forwarded", "lost", "forwarded"], copies
+    read = [w for _, w in t.all(r'^recv(from)?\(\d+\) = \d+ "alice: ', "client")]
+    assert len(read) == 2 and "one" in read[0] and "three" in read[1], read
+
+
 @pytest.mark.lab11
 def test_11_igmp_report_follows_the_join(trace):
     """Lab 11: joining 239.0.0.10 (IP_ADD_MEMBERSHIP) sends an IGMP membership report, and
