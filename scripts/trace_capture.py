@@ -5,14 +5,16 @@ the packets and strace the lab programs' system calls.
   session's packets are in it; when the session brings up the netlab hosts (labs 10, 11),
   also on each host's eth0, outgoing packets only (-Q out), so each packet is recorded
   once, where it leaves its sender.
-- Calls: each lab program runs under `strace -ff -ttt -T -y` (one file per process, wall
-  clock times, each call's duration, descriptors named), limited to the calls that matter
-  to sockets (CALLS). Not -yy: asking the kernel for each socket's addresses at every call
-  takes milliseconds, and would put the calls out of step with the packets. The datagram relay (tools/impair) is traced only
-  for its addresses and its log lines, so that its decisions show on its lifeline.
+- Calls: each lab program runs under `strace -DD -ff -ttt -T -y` (one file per process,
+  wall-clock times, each call's duration, descriptors named; -DD keeps the program the
+  shell's own child), limited to the calls that matter to sockets (CALLS). Not -yy:
+  asking the kernel for each socket's addresses at every call takes milliseconds, and
+  would put the calls out of step with the packets. The datagram relay (tools/impair) is
+  traced only for its addresses and its log lines, so that its decisions show on its
+  lifeline.
 
 tcpdump and strace both stamp events with the same wall clock, so they merge by time.
-Everything the capture starts ends with the session; the raw files stay in RAW_DIR.
+Everything the capture starts ends with the session; the raw files stay in raw_dir.
 """
 
 from __future__ import annotations
@@ -92,8 +94,9 @@ class Capture:
             if proc.poll() is not None or time.monotonic() > deadline:
                 self._stop(proc)
                 why = err.read_bytes().decode(errors="replace").strip().splitlines()
-                self.missing.append("no packets on %s: tcpdump: %s" % (
-                    name, why[-1] if why else "did not start within %.0fs" % LISTENING_WITHIN))
+                why = why[-1].removeprefix("tcpdump: ") if why else \
+                    "did not start within %.0fs" % LISTENING_WITHIN
+                self.missing.append("no packets on %s: tcpdump: %s" % (name, why))
                 return
             time.sleep(0.01)
         self.dumps.append((proc, pcap, name))
@@ -103,7 +106,7 @@ class Capture:
             self.missing.append("no packets: tcpdump is not installed (scripts/install-deps)")
             return
         self._tcpdump(namespace.prefix, "lo", "lo", outgoing_only=False)
-        if not self.dumps and os.geteuid() != 0:
+        if not self.dumps and os.geteuid() != 0:  # it insists on giving up a root it lacks
             self.missing[-1] += " (capturing packets needs root: sudo make trace)"
 
     def on_step(self, step: Step):

@@ -211,6 +211,7 @@ def draw_unix(ax, sent: Event, sent_row: int, got: Event, got_row: int) -> None:
     ax.plot([a, b], [sent_row, got_row], color=COLOURS["unix"], lw=0.9, ls=":")
     ax.plot([b], [got_row], ls="none", marker=">" if b > a else "<", ms=4,
             color=COLOURS["unix"])
-    what = "%d bytes" % sent.result + (" + a descriptor" if "SCM_RIGHTS" in sent.text else "")
+    what = "%d byte%s" % (sent.result, "" if sent.result == 1 else "s") + \
+        (" + a descriptor" if "SCM_RIGHTS" in sent.text else "")
     ax.text((a + b) / 2, (sent_row + got_row) / 2, "in the kernel: " + what, ha="center",
             va="bottom", fontsize=6.5, color=COLOURS["unix"])

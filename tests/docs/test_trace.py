@@ -10,8 +10,10 @@ which. Every trace must leave no process, namespace or scratch file behind.
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -262,7 +264,7 @@ def test_12_sendmsg_carries_scm_rights(trace):
                      after=sent)
     assert t.svg_y(r"^sendmsg\(.*SCM_RIGHTS") < t.svg_y(r"^recvmsg\(.*SCM_RIGHTS|"
                                                          r"recvmsg returns .*SCM_RIGHTS")
-    t.svg_y(r"in the kernel: 1 bytes \+ a descriptor")
+    t.svg_y(r"in the kernel: 1 byte \+ a descriptor")
 
 
 # ------------------------------------------------------------------------ the command
@@ -274,6 +276,36 @@ def test_bad_arguments_exit_2():
                            timeout=60)
         assert p.returncode == 2, p
         assert p.stderr.startswith("trace: "), p.stderr
+
+
+@pytest.mark.lab03
+def test_without_root_the_calls_are_traced_and_the_missing_packets_said(tmp_path):
+    """As a user without root: the session plays in an unprivileged namespace, the calls
+    are traced, and the timeline, the diagram and stderr say that the packets are missing
+    and why."""
+    if not shutil.which("runuser") or subprocess.run(
+            ["runuser", "-u", "nobody", "--", "unshare", "--user", "--map-root-user", "--net",
+             "true"], capture_output=True).returncode != 0:
+        pytest.skip("no runuser, or no unprivileged user namespaces here")
+    work = Path(tempfile.mkdtemp(prefix="trace-nobody-"))
+    try:
+        work.chmod(0o777)
+        p = subprocess.run(["runuser", "-u", "nobody", "--", "env", "HOME=%s" % work,
+                            "TMPDIR=%s" % work, sys.executable, str(TRACE), "--quiet", "--bin",
+                            str(BIN), "--out", str(work / "out"), "--timeout", str(TIMEOUT),
+                            "--session", str(SESSIONS / "03.md"), "03"],
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stdout + p.stderr
+        timeline = (work / "out" / "03-tcp-echo" / "timeline.txt").read_text()
+        assert "# no packets on lo: tcpdump: " in timeline
+        assert "capturing packets needs root: sudo make trace" in p.stderr
+        assert re.search(r"server +accept4\(3\) = 4 from 127\.0\.0\.1:\d+", timeline)
+        assert " wire " not in timeline
+        svg = (work / "out" / "03-tcp-echo" / "sequence.svg").read_text()
+        assert "capturing packets needs root" in svg
+        assert traced_processes(work) == []
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 HANDOUTS = [lab for lab in session_labs() if parse(REPO / "labs" / lab / "README.md").blocks]
