@@ -108,6 +108,7 @@ class Bind:
 
 # --------------------------------------------------------------------- uid slots
 
+_stale_checked = False
 _slot_lock = threading.Lock()
 _slots_in_use: set[int] = set()
 _slot_fd = -1
@@ -242,11 +243,13 @@ class Cgroup:
                     time.sleep(0.05)
 
 
-def remove_stale_cgroups(parent: Path):
+def remove_stale_cgroups(parent: Path | None = None):
     """Cgroups of graders that died before removing theirs (labs-grade-SLOT-PID, PID gone):
-    whatever ran in them has ended; an empty cgroup is all that is left."""
+    whatever ran in them has ended; an empty cgroup is all that is left. Under `parent`,
+    or anywhere in the cgroup tree."""
     try:
-        names = [p for p in parent.iterdir() if p.name.startswith("labs-grade-")]
+        names = ([p for p in parent.iterdir() if p.name.startswith("labs-grade-")] if parent
+                 else list(CGROUP_ROOT.glob("*/**/labs-grade-*")))
     except OSError:
         return
     for d in names:
@@ -340,6 +343,10 @@ class Sandbox:
             raise SandboxError(reason)
         self.limits = limits or Limits()
         become_subreaper()
+        global _stale_checked
+        if not _stale_checked:
+            _stale_checked = True
+            remove_stale_cgroups()
         self.slot = Slot()
         self.name = "labs-grade-%d-%d" % (self.slot.number, os.getpid())
         self.cgroup = Cgroup(self.name, self.limits)

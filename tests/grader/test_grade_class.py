@@ -90,8 +90,9 @@ def sandbox_namespaces():
             if len(line.split()) == 4 and low <= int(line.split()[3]) < high]
 
 
-def labs_grade_cgroups():
-    return sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/**/labs-grade-*"))
+def labs_grade_cgroups(since):
+    return sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/**/labs-grade-*")
+                  if p.stat().st_ctime >= since)
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +261,7 @@ def test_the_malicious_one_changed_no_file_outside_its_sandbox(graded):
 def test_nothing_is_left_behind(graded):
     assert not our_leftovers(), "processes of a sandbox still run"
     assert graded["after"]["namespaces"] == []
-    assert not labs_grade_cgroups()
+    assert not labs_grade_cgroups(graded["started"])
     assert not [p for p in Path("/tmp").glob("labs-grade-*")
                 if p.stat().st_mtime >= graded["started"]]
 
