@@ -43,7 +43,7 @@ LAB = EchoLab(
           "left": r"^client pid=\d+ left after \d+ bytes$",
           "reset": r"^client pid=\d+ (dropped: (Broken pipe|Connection reset by peer)"
                    r"|left after \d+ bytes)$",
-          "stop": r"^stopping on SIG(TERM|INT)$"},
+          "stop": r"^stopping on SIGNAME$"},
     help_mentions={"server": [b"--path", b"--abstract", b"--dgram", b"--idle-timeout",
                               b"default 60"],
                    "client": [b"--path", b"--abstract", b"--dgram", b"--send-fd", b"--timeout",
