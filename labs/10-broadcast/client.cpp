@@ -55,12 +55,10 @@ int main(int argc, char** argv) {
 
     // 2. setsockopt(SO_REUSEADDR), before bind(): every receiver on this host that sets
     //    it may bind the same port, and each gets its own copy of every broadcast.
-    // TASK 10.reuseaddr
     const int on = 1;
     if (setsockopt(sock.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) == -1) {
         lab::die("setsockopt SO_REUSEADDR");
     }
-    // END TASK
 
     // 3. bind() the port on the wildcard address, where broadcasts arrive.
     if (bind(sock.get(), local.addr(), local.size) == -1) {

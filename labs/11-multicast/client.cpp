@@ -148,9 +148,12 @@ int membership(int fd, const lab::Endpoint& group, const mcast::Interface& inter
     // END TASK
 }
 
-// One datagram per recvfrom(), whole; exactly its bytes and a newline on stdout. A stop
-// signal interrupts recvfrom() (EINTR), which goes back to the loop's check.
+// As in lab 10: one datagram per recvfrom(), whole, from any sender; exactly its bytes and
+// a newline on stdout (lab::print_payload). Stops after `count` datagrams (0: never) or
+// once a stop signal has come: the signal interrupts recvfrom() with EINTR, which goes
+// back to the loop's check. Any other failure is fatal: lab::die("recvfrom", where).
 void print_datagrams(int fd, long long count, const std::string& where) {
+    // TASK 11.receive
     std::vector<char> buffer(kBufferSize);
     for (long long received = 0; !lab::stop_requested() && (count == 0 || received < count);) {
         const ssize_t n = recvfrom(fd, buffer.data(), buffer.size(), 0, nullptr, nullptr);
@@ -159,6 +162,7 @@ void print_datagrams(int fd, long long count, const std::string& where) {
         lab::print_payload({buffer.data(), static_cast<std::size_t>(n)});
         ++received;
     }
+    // END TASK
 }
 
 }  // namespace
