@@ -42,6 +42,11 @@ TCP echo server: one thread, epoll, thousands of clients at once.
       --quiet                 no log line per event
 )";
 
+static long long now_ms() {  // milliseconds on the steady clock, which never jumps
+    const auto now = std::chrono::steady_clock::now().time_since_epoch();
+    return std::chrono::duration_cast<std::chrono::milliseconds>(now).count();
+}
+
 // One connection, in a table indexed by its descriptor number: 48 bytes while idle.
 struct Client {
     lab::Fd fd;                        // closing it also takes it out of the interest list
@@ -61,9 +66,9 @@ struct Server {
     std::vector<Client> clients;     // indexed by descriptor number
     std::vector<std::string> peers;  // "127.0.0.1:50312" by descriptor, for the log
     std::vector<char> buffer = std::vector<char>(kReadChunk);  // every read() lands here
-    long long now = 0, count = 0;  // the time (ms), the clients connected
-    int oldest = -1, newest = -1;  // the ends of the list by last activity
-    bool out_of_fds = false;       // accept4() failed with EMFILE, said so (once): try each turn
+    long long now = now_ms(), count = 0;  // the time (ms), the clients connected
+    int oldest = -1, newest = -1;         // the ends of the list by last activity
+    bool out_of_fds = false;  // accept4() failed with EMFILE, said so (once): try each turn
     lab::Log log{false};
     void accept_clients();  // the lesson, after main
     void add_client(lab::Fd fd, const lab::Endpoint& address);
@@ -81,10 +86,6 @@ struct Server {
     }
 };
 static bool drained(std::uint32_t events, std::size_t n, std::size_t asked);
-static long long now_ms() {  // milliseconds on the steady clock, which never jumps
-    const auto now = std::chrono::steady_clock::now().time_since_epoch();
-    return std::chrono::duration_cast<std::chrono::milliseconds>(now).count();
-}
 
 int main(int argc, char** argv) {
     Server server;
