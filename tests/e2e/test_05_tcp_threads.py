@@ -533,7 +533,7 @@ def test_client_stops_while_waiting_for_a_reply(lab):
         client = lab.start("client", "--port", str(listener.getsockname()[1]), "--timeout",
                            "60", ready=False)
         client.write(b"anyone?\n")
-        time.sleep(0.3)  # the line goes out; the test does not depend on when
+        wait_until(lambda: named_threads(client.pid, "writer"), what="the writer thread")
         began = time.monotonic()
         client.send_signal(signal.SIGTERM)
         assert client.wait(10) == 0

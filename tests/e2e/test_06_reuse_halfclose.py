@@ -401,6 +401,13 @@ def test_stop_while_a_client_sends_nothing(start):
 
 # ------------------------------------------------------------------ the client
 
+def caught_signals(pid: int) -> set[int]:
+    """The signals the process has a handler for (SigCgt in /proc/PID/status)."""
+    with open("/proc/%d/status" % pid) as f:
+        mask = int(next(l for l in f if l.startswith("SigCgt:")).split()[1], 16)
+    return {n for n in range(1, 65) if mask & (1 << (n - 1))}
+
+
 def silent_server() -> socket.socket:
     """A listener that never accepts: the kernel completes the handshake and takes the
     client's bytes, but no reply ever comes."""
@@ -431,6 +438,9 @@ def test_client_stops_while_waiting_on_stdin(start, lab, signo):
     server = start("server", "--port", "0")
     client = lab.start("client", "--port", str(server.port), ready=False)
     server.expect(r"connected$")
+    # The client catches the signals once it is connected (before, a Ctrl-C simply ends
+    # it): wait until its handler is in place.
+    wait_until(lambda: signo in caught_signals(client.pid), what="the client's handler")
     began = time.monotonic()
     client.send_signal(signo)
     assert client.wait(10) == 0
@@ -445,7 +455,8 @@ def test_client_stops_while_waiting_for_the_reply(lab):
                            "60", ready=False)
         client.write(b"anyone?\n")
         client.close_stdin()  # the client half-closes and waits for the reply
-        time.sleep(0.3)  # it gets there; the test does not depend on when
+        wait_until(lambda: signal.SIGTERM in caught_signals(client.pid),
+                   what="the client's handler")
         began = time.monotonic()
         client.send_signal(signal.SIGTERM)
         assert client.wait(10) == 0
