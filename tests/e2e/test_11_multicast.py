@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import SANITIZER_REPORTS, needs_root, wait_until
+from conftest import NETLAB, SANITIZER_REPORTS, Netlab, Program, needs_root, wait_until
 from faults import RECEIVER_FAULTS, fault_name, fault_stray_signals, survive
 
 FAST = ("--interval", "50")  # milliseconds between datagrams, so that tests stay quick
@@ -503,3 +503,65 @@ def test_ipv6_multicast_across_hosts(lab, netlab, group):
     for member in members:
         expect_multicasts(member)
     none_arrive([not_joined, other_subnet])
+
+
+# A packet socket on eth0 of a netlab host: counts the frames of 239.0.0.10:9911 until a
+# unicast datagram to 10.99.1.3:9 (the barrier, sent after them) arrives, then prints the
+# count. Frames from one sender cross the bridge in order, so none can come after it.
+COUNT_GROUP_FRAMES = r"""
+import socket, struct
+ETH_P_ALL = 3
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+s.bind(("eth0", ETH_P_ALL))  # Python swaps the bytes of this one itself
+print("capturing", flush=True)
+seen = 0
+while True:
+    frame = s.recv(65536)
+    if frame[12:14] != b"\x08\x00" or frame[23] != 17:
+        continue
+    ihl = (frame[14] & 15) * 4
+    to = (socket.inet_ntoa(frame[30:34]), struct.unpack("!H", frame[16 + ihl:18 + ihl])[0])
+    if to == ("239.0.0.10", 9911):
+        seen += 1
+    if to == ("10.99.1.3", 9):
+        break
+print(seen, flush=True)
+"""
+
+
+@needs_root
+@pytest.mark.netns
+def test_snooping_bridge_floods_until_it_has_a_querier(lab):
+    """On test hosts of its own: with IGMP snooping on but no querier, subnet A's bridge
+    still floods the group's frames to a3, which did not join; with the bridge as the
+    querier, once it has waited one query response interval (1 s here), a3 gets none. A
+    member on a2 gets every datagram throughout (the handout's exercise 3)."""
+    net = Netlab("lab-q%d-" % os.getpid())
+
+    def bridge(*settings):
+        net("exec", "router", "ip", "link", "set", "br-a", "type", "bridge", *settings)
+
+    def frames_at_a3() -> int:
+        capture = Program([NETLAB, "exec", "a3", sys.executable, "-u", "-c", COUNT_GROUP_FRAMES],
+                          cwd=lab.tmp_path, env=net.env)
+        lab.programs.append(capture)
+        capture.expect(r"^capturing$", timeout=10)
+        sender = net.start(lab, "a1", "server", "--interface", "10.99.1.1", "--count", "3",
+                           "--interval", "10", "--quiet", ready=False)
+        assert sender.wait(10) == 0, sender.stderr
+        expect_multicasts(member)
+        net("exec", "a1", sys.executable, "-c",
+            "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+            ".sendto(b'barrier', ('10.99.1.3', 9))")
+        return int(capture.read_line(timeout=10))
+
+    try:
+        net("up")
+        member = net.start(lab, "a2", "client", "--interface", "eth0")
+        bridge("mcast_snooping", "1", "mcast_query_response_interval", "100")
+        assert frames_at_a3() == 3, "snooping without a querier: every frame flooded"
+        bridge("mcast_querier", "1")
+        wait_until(lambda: frames_at_a3() == 0, timeout=30, interval=0.1,
+                   what="the bridge to forward the group to its member's port only")
+    finally:
+        net("down", check=False)
