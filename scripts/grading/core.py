@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import kit as kitlib
-from .sandbox import Bind, Limits, Sandbox, SandboxError, available, drop_caps_argv
+from .sandbox import (Bind, Limits, Sandbox, SandboxError, available, drop_caps_argv,
+                      remove_stale_temp_dirs, temp_dir)
 from .scoring import Weights, counted, parse_report, score, values
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,7 +136,8 @@ class Grader:
         self._common = None
         self._launcher_path = None
         self._common_lock = threading.Lock()
-        self.workdir = Path(tempfile.mkdtemp(prefix="labs-grade-trees-"))
+        remove_stale_temp_dirs()
+        self.workdir = temp_dir("trees")
         os.chmod(self.workdir, 0o755)
         self.test_tree = self.workdir / "grader"
         self.kit_base = self.workdir / "base"
@@ -199,7 +201,7 @@ class Grader:
         if not self.sandboxed:
             grade.notes.append("not sandboxed (%s): tests that need root are skipped"
                                % self.unsandboxed_reason)
-        stage = Path(tempfile.mkdtemp(prefix="labs-grade-"))
+        stage = temp_dir("submission")
         box = None
         try:
             os.chmod(stage, 0o711)
@@ -289,7 +291,7 @@ class Grader:
         if not self.sandboxed:
             grade.notes.append("not sandboxed (%s): tests that need root are skipped"
                                % self.unsandboxed_reason)
-        stage = Path(tempfile.mkdtemp(prefix="labs-grade-"))
+        stage = temp_dir("submission")
         box = None
         try:
             os.chmod(stage, 0o711)

@@ -276,6 +276,21 @@ def _kill(pid: int):
         pass
 
 
+def temp_dir(kind: str) -> Path:
+    """A folder of the grader's in /tmp, named after the process that owns it, so that a
+    grader killed before its cleanup leaves nothing for long: the next one removes it."""
+    import tempfile
+    return Path(tempfile.mkdtemp(prefix="labs-grade-%s-%d-" % (kind, os.getpid())))
+
+
+def remove_stale_temp_dirs():
+    import tempfile
+    for d in Path(tempfile.gettempdir()).glob("labs-grade-*-*-*"):
+        pid = d.name.split("-")[3] if len(d.name.split("-")) > 4 else ""
+        if pid.isdigit() and int(pid) != os.getpid() and not os.path.exists("/proc/%s" % pid):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def become_subreaper():
     """Orphans of our children come to us, not to the machine's init: bubblewrap's
     outer process exits without waiting for the sandbox's first process, whose zombie
@@ -347,14 +362,14 @@ class Sandbox:
         if not _stale_checked:
             _stale_checked = True
             remove_stale_cgroups()
+            remove_stale_temp_dirs()
         self.slot = Slot()
         self.name = "labs-grade-%d-%d" % (self.slot.number, os.getpid())
         self.cgroup = Cgroup(self.name, self.limits)
         self._etc = Path(etc_dir) if etc_dir else None
         self._own_etc = None
         if self._etc is None:
-            import tempfile
-            self._own_etc = Path(tempfile.mkdtemp(prefix="labs-grade-etc-"))
+            self._own_etc = temp_dir("etc")
             os.chmod(self._own_etc, 0o755)
             for fname, text in (("passwd", PASSWD), ("group", GROUP), ("hosts", HOSTS),
                                 ("nsswitch.conf", NSSWITCH)):
