@@ -21,7 +21,7 @@ def test_the_page_covers_the_errors_the_labs_meet():
     """Each error of the table has its section with an example, and the other way round."""
     table = re.findall(r"^\| (E[A-Z]+) \|", PAGE.read_text(), re.M)
     assert table == ERRORS
-    for name in ("ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "EHOSTUNREACH",
+    for name in ("ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "ENETUNREACH", "EHOSTUNREACH",
                  "EADDRINUSE", "EADDRNOTAVAIL", "EACCES", "EMFILE", "EAGAIN", "EINTR",
                  "EMSGSIZE"):
         assert name in ERRORS, name
