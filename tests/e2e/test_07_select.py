@@ -278,28 +278,29 @@ def test_tiny_idle_timeout_is_not_forever(start):
 
 
 def test_silent_clients_no_longer_deny_service(start):
-    """--max-clients 2: two clients that never send hold both places and a third is told
-    "server busy"; after --idle-timeout they are dropped, and a new client is served."""
-    server = start("server", "--port", "0", "--max-clients", "2", "--idle-timeout", "1")
+    """--max-clients 2: two clients that say one line and then nothing hold both places,
+    and a third is told "server busy"; after --idle-timeout they are dropped, and a new
+    client is served."""
+    server = start("server", "--port", "0", "--max-clients", "2", "--idle-timeout", "3")
     silent = [connect(server.address, timeout=10) for _ in range(2)]
     try:
-        wait_until(lambda: sum(b" connected" in l for l in server.stdout_lines) == 2,
-                   what="both silent clients in")
+        for s in silent:  # in, and active a moment ago: their 3 s start now
+            assert exchange(s, b"hi\n") == b"hi\n"
         with connect(server.address) as third:
             assert read_to_end(third) == BUSY
         for s in silent:
             assert s.recv(10) == b""  # dropped
         echoes(server)
-        assert sum(b"dropped: idle for 1s" in l for l in server.stdout_lines) == 2
+        assert sum(b"dropped: idle for 3s" in l for l in server.stdout_lines) == 2
     finally:
         for s in silent:
             s.close()
 
 
 def test_active_client_is_not_dropped(start):
-    """--idle-timeout 2: a client that sends a line every 0.2 s for 4 s is never idle that
+    """--idle-timeout 3: a client that sends a line every 0.2 s for 4 s is never idle that
     long: each line moves its deadline, and every echo comes back."""
-    server = start("server", "--port", "0", "--idle-timeout", "2")
+    server = start("server", "--port", "0", "--idle-timeout", "3")
     with connect(server.address, timeout=10) as s:
         deadline = time.monotonic() + 4
         while time.monotonic() < deadline:
@@ -409,9 +410,9 @@ def test_client_timeout_against_a_silent_server(run):
 
 
 def test_client_timeout_counts_from_the_last_reply(run):
-    """A server that trickles the echo back, a byte every 0.2 s for over 2 s: with
-    --timeout 2 the client never waits that long for a reply, and gets all of it."""
-    line = b"0123456789\n"
+    """A server that trickles the echo back, a byte every 0.2 s for 4 s: with --timeout 3
+    the client never waits that long for a reply, and gets all of it."""
+    line = b"0123456789abcdefghi\n"
 
     def trickle(conn):
         data = read_until_eof(conn)
@@ -420,7 +421,7 @@ def test_client_timeout_counts_from_the_last_reply(run):
             conn.sendall(bytes([b]))
 
     port, done = one_shot_server(trickle)
-    result = run("client", "--port", str(port), "--timeout", "2", input=line)
+    result = run("client", "--port", str(port), "--timeout", "3", input=line)
     done()
     assert (result.returncode, result.stdout) == (0, line), result.stderr
 
