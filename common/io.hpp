@@ -15,9 +15,8 @@
 
 namespace lab {
 
-// Writes all `size` bytes, looping over short writes: a socket may take fewer than asked.
-// False with errno set on failure (EPIPE, ECONNRESET, EAGAIN after SO_SNDTIMEO), and with
-// EINTR once a stop signal has arrived, so a peer that never reads cannot hold us up.
+// Writes all `size` bytes over short writes. False with errno on failure (EPIPE, EAGAIN
+// after SO_SNDTIMEO ...), or EINTR on a stop signal: a peer that never reads can't hold us.
 [[nodiscard]] bool write_all(int fd, const void* data, std::size_t size);
 [[nodiscard]] inline bool write_all(int fd, std::string_view bytes) {
     return write_all(fd, bytes.data(), bytes.size());
@@ -25,10 +24,13 @@ namespace lab {
 
 // Waits at most `seconds` for fd to be readable (poll): false on timeout, error or stop.
 [[nodiscard]] bool wait_readable(int fd, double seconds);
+// Sleeps `seconds`, less if a stop signal comes (poll() on no descriptor, fd -1, at all).
+inline void sleep_unless_stopped(double seconds) {
+    (void)wait_readable(-1, seconds);
+}
 
-// Hands out a descriptor's input (stdin, usually) a line at a time, without its '\n'; the
-// last line may lack one. Bytes are bytes: NULs pass. With poll(): fill() when the fd is
-// readable, then next() until it has no complete line left.
+// A descriptor's input (stdin, usually) a line at a time, without '\n'; NULs pass. With
+// poll(): fill() when the fd is readable, then next() until no complete line is left.
 class LineReader {
   public:
     explicit LineReader(int fd) noexcept : fd_(fd) {}
@@ -37,8 +39,7 @@ class LineReader {
     ssize_t fill();
     // The next complete line if the buffer holds one; at end of input also the remainder.
     std::optional<std::string> next();
-    // Blocking: fill() until a line is there. std::nullopt at end of input (errno 0), on a
-    // read error, or once a stop signal has arrived (errno EINTR).
+    // Blocking: std::nullopt at end of input (errno 0), an error, or a stop (errno EINTR).
     std::optional<std::string> read_line();
     [[nodiscard]] bool eof() const noexcept { return eof_; }
 
@@ -52,7 +53,6 @@ class LineReader {
 // Prints "ready: PROTO ADDRESS" and flushes: tests and graders wait for this line.
 void print_ready(std::string_view proto, const Endpoint& where);
 void print_ready(std::string_view proto, std::string_view where);
-
 // Writes `bytes` and a newline to stdout and flushes: how a client prints one reply.
 void print_payload(std::string_view bytes);
 

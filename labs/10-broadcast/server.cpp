@@ -11,7 +11,6 @@
 
 #include <cerrno>
 #include <cstdint>
-#include <ctime>
 #include <string>
 
 #include "common/args.hpp"
@@ -47,7 +46,6 @@ UDP broadcast sender: sends "broadcast 1", "broadcast 2", ... to ADDR:PORT.
 
 lab::Endpoint ipv4_endpoint(const lab::Args& args, const std::string& host, std::uint16_t port,
                             const char* option);
-void pause_for(long long ms);
 
 }  // namespace
 
@@ -93,7 +91,7 @@ int main(int argc, char** argv) {
     // 4. sendto() the broadcast address, once per interval. No receiver binds that
     //    address: each binds the port on 0.0.0.0, and its kernel hands it a copy.
     for (long long n = 1; count == 0 || n <= count; ++n) {
-        if (n > 1) pause_for(interval_ms);  // cut short by a stop signal
+        if (n > 1) lab::sleep_unless_stopped(static_cast<double>(interval_ms) / 1000);
         if (lab::stop_requested()) break;
         const std::string message = "broadcast " + std::to_string(n);
         // TASK 10.sendto
@@ -122,24 +120,6 @@ lab::Endpoint ipv4_endpoint(const lab::Args& args, const std::string& host, std:
     }
     args.usage_error(std::string("bad ") + option + " '" + host +
                      "' (want an IPv4 address: IPv6 has no broadcast, it has multicast)");
-}
-
-// Answers a stop signal during the pause: the signal interrupts clock_nanosleep() (EINTR,
-// since common/signals.cpp installs its handler without SA_RESTART), and the check ends
-// the pause at once. A signal landing just before the call is caught by the 50 ms
-// watchdog. std::this_thread::sleep_for() would not do: it sleeps again after EINTR.
-void pause_for(long long ms) {
-    timespec until{};
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += static_cast<std::time_t>(ms / 1000);
-    until.tv_nsec += static_cast<long>(ms % 1000) * 1'000'000L;
-    if (until.tv_nsec >= 1'000'000'000L) {
-        until.tv_sec += 1;
-        until.tv_nsec -= 1'000'000'000L;
-    }
-    while (!lab::stop_requested() &&
-           clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, nullptr) == EINTR) {
-    }
 }
 
 }  // namespace

@@ -12,7 +12,6 @@
 
 #include <cerrno>
 #include <cstdint>
-#include <ctime>
 #include <string>
 
 #include "common/args.hpp"
@@ -52,7 +51,6 @@ UDP multicast sender: sends "multicast 1", "multicast 2", ... to GROUP:PORT.
 void set_multicast_options(int fd, int family, const mcast::Interface& interface, int ttl,
                            int loop);
 lab::Endpoint source_endpoint(const lab::Args& args, int family);
-void pause_for(long long ms);
 
 }  // namespace
 
@@ -97,7 +95,7 @@ int main(int argc, char** argv) {
 
     // 4. sendto() the group, once per interval: one datagram, a copy for every member.
     for (long long n = 1; count == 0 || n <= count; ++n) {
-        if (n > 1) pause_for(interval_ms);  // cut short by a stop signal
+        if (n > 1) lab::sleep_unless_stopped(static_cast<double>(interval_ms) / 1000);
         if (lab::stop_requested()) break;
         const std::string message = "multicast " + std::to_string(n);
         if (sendto(sock.get(), message.data(), message.size(), 0, group.addr(), group.size) == -1) {
@@ -157,23 +155,6 @@ lab::Endpoint source_endpoint(const lab::Args& args, int family) {
         args.usage_error("bad --host '" + host + "' (want a local address of the group's family)");
     }
     return found.endpoints.front();
-}
-
-// Answers a stop signal during the pause, as in lab 10: clock_nanosleep() returns EINTR
-// (no SA_RESTART) and the check ends the pause; the 50 ms watchdog of common/signals.cpp
-// catches a signal that lands just before the call.
-void pause_for(long long ms) {
-    timespec until{};
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += static_cast<std::time_t>(ms / 1000);
-    until.tv_nsec += static_cast<long>(ms % 1000) * 1'000'000L;
-    if (until.tv_nsec >= 1'000'000'000L) {
-        until.tv_sec += 1;
-        until.tv_nsec -= 1'000'000'000L;
-    }
-    while (!lab::stop_requested() &&
-           clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, nullptr) == EINTR) {
-    }
 }
 
 }  // namespace

@@ -154,6 +154,24 @@ TEST(WaitReadable, TimesOutAndSeesData) {
     EXPECT_TRUE(lab::wait_readable(pair.reader.get(), 5));
 }
 
+TEST(SleepUnlessStopped, SleepsThenStopsShortOnASignal) {
+    const auto began = std::chrono::steady_clock::now();
+    lab::sleep_unless_stopped(0.05);
+    EXPECT_GE(std::chrono::steady_clock::now() - began, std::chrono::milliseconds(50));
+    EXPECT_EXIT(
+        {
+            lab::handle_signals();
+            std::thread([] {
+                std::this_thread::sleep_for(std::chrono::milliseconds(50));
+                kill(getpid(), SIGTERM);
+            }).detach();
+            const auto start = std::chrono::steady_clock::now();
+            lab::sleep_unless_stopped(3600);
+            std::exit(std::chrono::steady_clock::now() - start < std::chrono::seconds(5) ? 0 : 1);
+        },
+        testing::ExitedWithCode(0), "");
+}
+
 TEST(Seconds, SmallTimeoutsRoundUpNeverToZero) {
     const timeval tiny = lab::to_timeval(0.0000001);
     EXPECT_EQ(tiny.tv_sec, 0);
