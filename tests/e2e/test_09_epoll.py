@@ -303,13 +303,13 @@ def test_idle_clients_are_dropped_oldest_first(serve):
     """Three clients, each silent from a different moment: each is dropped when its own
     --idle-timeout has passed, in the order they fell silent, though one was the first
     to connect."""
-    server = serve("--idle-timeout", "1")
+    server = serve("--idle-timeout", "2")
     a, b = connect(server.address), connect(server.address)
     try:
         time.sleep(0.3)  # spacing the moments the clients fall silent
         assert exchange(a, b"a\n") == b"a\n"  # a is active again: now b is the oldest
         c = connect(server.address)
-        order = [server.expect(r"^client (\S+) dropped: idle for 1s$", timeout=10).group(1)
+        order = [server.expect(r"^client (\S+) dropped: idle for 2s$", timeout=10).group(1)
                  for _ in range(3)]
         assert order == [peer.encode() for peer in (
             "%s:%d" % s.getsockname()[:2] for s in (b, a, c))]
@@ -330,8 +330,8 @@ def test_tiny_idle_timeout_is_not_forever(serve):
 
 def test_silent_clients_no_longer_deny_service(serve):
     """--max-clients 2: two clients that never send hold both places and a third is told
-    "server busy"; after --idle-timeout they are dropped, and a new client is served."""
-    server = serve("--max-clients", "2", "--idle-timeout", "1")
+    "server busy"; after --idle-timeout (3 s) they are dropped, and a new client is served."""
+    server = serve("--max-clients", "2", "--idle-timeout", "3")  # room to knock, under load
     silent = [connect(server.address, timeout=10) for _ in range(2)]
     try:
         wait_until(lambda: sum(b" connected" in l for l in server.stdout_lines) == 2,
@@ -341,7 +341,7 @@ def test_silent_clients_no_longer_deny_service(serve):
         for s in silent:
             assert s.recv(10) == b""  # dropped
         echoes(server)
-        assert sum(b"dropped: idle for 1s" in l for l in server.stdout_lines) == 2
+        assert sum(b"dropped: idle for 3s" in l for l in server.stdout_lines) == 2
     finally:
         for s in silent:
             s.close()
