@@ -1,23 +1,22 @@
 #include "common/signals.hpp"
 
+#include <atomic>
 #include <ctime>
 
 namespace lab {
 namespace {
 
-// The only mutable global state in the suite: what a signal handler may touch. The timer
-// is created before any handler is installed and never changes afterwards.
-volatile std::sig_atomic_t g_stop_signal = 0;
+// What a handler may touch: a lock-free atomic (safe in it, read by any thread), and a
+// timer made before any handler exists.
+std::atomic<int> g_stop_signal = 0;
 timer_t g_watchdog{};
 bool g_has_watchdog = false;
 
 extern "C" void on_stop_signal(int signo) {
-    if (g_stop_signal != 0) return;
-    g_stop_signal = signo;
-    if (g_has_watchdog) {  // timer_settime() is async-signal-safe
-        const itimerspec every_50ms{{0, 50'000'000}, {0, 50'000'000}};
-        timer_settime(g_watchdog, 0, &every_50ms, nullptr);
-    }
+    int none = 0;
+    if (!g_stop_signal.compare_exchange_strong(none, signo)) return;  // the first one counts
+    const itimerspec every_50ms{{0, 50'000'000}, {0, 50'000'000}};
+    if (g_has_watchdog) timer_settime(g_watchdog, 0, &every_50ms, nullptr);  // signal-safe
 }
 
 extern "C" void on_alarm(int /*signo*/) {}  // it only has to interrupt a blocking call
@@ -48,7 +47,8 @@ bool stop_requested() noexcept {
 }
 
 const char* stop_signal_name() noexcept {
-    return g_stop_signal == SIGINT ? "SIGINT" : g_stop_signal == SIGTERM ? "SIGTERM" : "";
+    const int signo = g_stop_signal;
+    return signo == SIGINT ? "SIGINT" : signo == SIGTERM ? "SIGTERM" : "";
 }
 
 }  // namespace lab

@@ -46,7 +46,6 @@ struct Progress {
 };
 
 static void send_input(int sock, Progress& progress);
-static bool send_all(int fd, const char* data, std::size_t size);
 static double seconds_since(Clock::rep then);
 
 int main(int argc, char** argv) {
@@ -127,20 +126,12 @@ static void send_input(int sock, Progress& progress) {
         }
         progress.sent += static_cast<unsigned long long>(n);  // a reply is due from now on
         progress.last_sent = Clock::now().time_since_epoch().count();
-        if (!send_all(sock, buffer.data(), static_cast<std::size_t>(n))) return;
+        if (!lab::write_all(sock, buffer.data(), static_cast<std::size_t>(n))) return;
         last = buffer[static_cast<std::size_t>(n) - 1];
     }
     progress.input_done = true;
     shutdown(sock, SHUT_WR);
     // END TASK
-}
-
-// lab::write_all() without its look at the stop flag: the writer blocks the stop signals and
-// leaves the flag to main (reading it here would race with the handler that sets it).
-static bool send_all(int fd, const char* data, std::size_t size) {
-    for (ssize_t n = 0; size > 0; data += n, size -= static_cast<std::size_t>(n))
-        if ((n = write(fd, data, size)) == -1) return false;
-    return true;
 }
 
 static double seconds_since(Clock::rep then) {

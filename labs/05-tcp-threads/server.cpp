@@ -126,13 +126,6 @@ int main(int argc, char** argv) {
     return lab::kExitOk;
 }
 
-// lab::write_all() without its look at the stop flag, which only main may read (Pitfalls).
-static bool send_all(int fd, const char* data, std::size_t size) {
-    for (ssize_t n = 0; size > 0; data += n, size -= static_cast<std::size_t>(n))
-        if ((n = write(fd, data, size)) == -1) return false;
-    return true;
-}
-
 // A worker thread: lab 03's echo loop for one client, on a thread of its own.
 static void serve(Client client, Clients& clients, double idle_timeout, const lab::Log& log) {
     pthread_setname_np(pthread_self(), "worker");  // what ps -L and top -H show
@@ -145,8 +138,8 @@ static void serve(Client client, Clients& clients, double idle_timeout, const la
     // 7. read() blocks this thread only. No EINTR: the thread blocks every signal.
     while ((n = read(client.conn.get(), buffer.data(), buffer.size())) > 0) {
         log("from ", client.peer, ": ", n, " bytes");
-        // 8. write(): the echo; send_all() finishes short writes.
-        if (!send_all(client.conn.get(), buffer.data(), static_cast<std::size_t>(n))) break;
+        // 8. write(): the echo; lab::write_all() finishes short writes.
+        if (!lab::write_all(client.conn.get(), buffer.data(), static_cast<std::size_t>(n))) break;
         total += n;
     }
     // END TASK
