@@ -149,10 +149,11 @@ tour: deps
 
 # The handouts' sessions with their packets (tcpdump) and system calls (strace) recorded and
 # drawn on one timeline, into build/trace/NN-name/ (docs/trace.md). Packets need root.
+# PUBLISH=1 also copies each diagram beside its handout, as labs/NN-name/trace.svg.
 trace: deps
 	$(BUILD_ALL)
 	@scripts/install-deps --trace
-	$(PYTHON) scripts/trace --bin $(BUILD) $(LAB_NUM)
+	$(PYTHON) scripts/trace --bin $(BUILD) $(if $(filter 1,$(PUBLISH)),--publish) $(LAB_NUM)
 
 format:
 	clang-format -i common/*.[ch]pp labs/*/*.[ch]pp $(wildcard tools/*.[ch]pp) tests/unit/*.cpp
