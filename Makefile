@@ -134,10 +134,19 @@ bench: deps
 	@scripts/install-deps --bench
 	$(PYTHON) scripts/bench --build $(BUILD) $(if $(filter 1,$(QUICK)),--quick)
 
-# The suite with the students' parts taken out, as dist/student-kit and a tarball
-# (LABS=01,03: a kit of those labs only). --baseline grades the untouched kit once.
+# The suite with the students' parts taken out: one kit per lab, dist/student-kits/NN-name/
+# and its tarball (a later lab's given code may show an earlier lab's solution, so each
+# waits until its lab is due); LABS=01,03: one kit of those labs, dist/student-kit/.
+# --baseline grades the untouched kit once.
 student-kit:
-	$(PYTHON) scripts/student-kit --out dist/student-kit --tar --baseline $(if $(LABS),--labs $(LABS))
+ifeq ($(LABS),)
+	@for lab in $(LAB_DIRS); do \
+	    $(PYTHON) scripts/student-kit --labs $${lab%%-*} --out dist/student-kits/$$lab \
+	        --tar --baseline || exit 1; \
+	done
+else
+	$(PYTHON) scripts/student-kit --out dist/student-kit --tar --baseline --labs $(LABS)
+endif
 
 # The Gradescope autograder bundle: dist/gradescope-autograder.zip (LABS=01,03 likewise).
 gradescope:
@@ -177,7 +186,7 @@ help:
 	@echo "make fuzz            libFuzzer on common/ and lab 02's relay (FUZZ_SECONDS=20 each)"
 	@echo "make valgrind        every lab's tour scenario under memcheck"
 	@echo "make WERROR=1        treat warnings as errors (CI does)"
-	@echo "make student-kit     dist/student-kit(.tar.gz): the labs with TODOs (LABS=01,03: those only)"
+	@echo "make student-kit     a kit per lab in dist/student-kits/ (LABS=01,03: one kit, dist/student-kit)"
 	@echo "make gradescope      dist/gradescope-autograder.zip: the Gradescope autograder bundle"
 	@echo "make clean           remove build/ and dist/"
 
