@@ -551,8 +551,9 @@ def test_client_told_server_busy(serve, run):
     instead of the echo, and the client says so (escaped), exit 1."""
     server = serve("--max-clients", "2")
     result = run("client", "--port", str(server.port), "--connections", "3", input=b"hi\n")
-    assert result.returncode == 1
-    assert 'sent back "server busy\\n": not an echo' in result.stderr, result.stderr
+    assert result.returncode == 1, (result.stdout, result.stderr, server.describe())
+    assert 'sent back "server busy\\n": not an echo' in result.stderr, (result.stderr,
+                                                                      server.describe())
 
 
 def test_client_says_when_the_server_closes_early(run):
