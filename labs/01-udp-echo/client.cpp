@@ -88,8 +88,9 @@ int main(int argc, char** argv) {
         ask(ex, *line);
     }
     // read_line() ends at end of input (errno 0), on a stop signal (EINTR), or on an error.
+    // Stopped before the end of its input, the client did not finish: exit status 1.
     if (errno != 0 && !lab::stop_requested()) lab::die("read", "stdin");
-    return lab::kExitOk;
+    return lab::stop_requested() ? lab::kExitFailure : lab::kExitOk;
 }
 
 namespace {

@@ -100,7 +100,7 @@ int main(int argc, char** argv) {
     // 5. The end. A stop signal: exit() ends the writer too, wherever it is, and unlike a
     //    return it runs no destructor: the socket is not closed under the writer's feet.
     //    The server's FIN: an echo sends back exactly what it got, once our input ended.
-    if (lab::stop_requested()) std::exit(lab::kExitOk);
+    if (lab::stop_requested()) std::exit(lab::kExitFailure);  // stopped before the end
     if (received == progress.sent && progress.input_done) return lab::kExitOk;
     if (received == progress.sent) lab::fatal(server_text + " closed the connection");
     lab::fatal(server_text + " sent " + std::to_string(received) + " bytes for the " +

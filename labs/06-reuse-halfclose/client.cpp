@@ -69,7 +69,7 @@ int main(int argc, char** argv) {
     // END TASK
     // 5. Read the reply until the server's FIN.
     const long long received = print_reply(sock.get());
-    if (lab::stop_requested()) return lab::kExitOk;
+    if (lab::stop_requested()) return lab::kExitFailure;  // stopped before the end
     if (sent < 0) lab::die("write", server_text, send_error);  // the reply first, then why
     if (received < 0 && errno == EAGAIN) lab::fatal(silent);
     if (received < 0) lab::die("read", server_text);

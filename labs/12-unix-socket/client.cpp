@@ -93,7 +93,7 @@ int main(int argc, char** argv) {
 namespace {
 
 int no_reply(const std::string& server, double timeout) {
-    if (lab::stop_requested()) return lab::kExitOk;  // a stop signal: the user's choice
+    if (lab::stop_requested()) return lab::kExitFailure;  // stopped before the end
     lab::fatal("no reply from " + server + " within " + lab::seconds_text(timeout));
 }
 
@@ -152,7 +152,7 @@ int talk_stream(int sock, const std::string& server, double timeout) {
             shutdown(sock, SHUT_WR);  // the end of our input, for the server too
         }
     }
-    return lab::kExitOk;  // stopped by a signal
+    return lab::kExitFailure;  // stopped by a signal before the end
 }
 
 // One line, one datagram, and its reply within `timeout`: a datagram has no connection
@@ -172,7 +172,7 @@ int talk_datagrams(int sock, const std::string& server, double timeout) {
         lab::print_payload({reply.data(), static_cast<std::size_t>(n)});
     }
     if (errno != 0 && !lab::stop_requested()) lab::die("read", "stdin");
-    return lab::kExitOk;  // the end of the input, or a stop signal
+    return lab::stop_requested() ? lab::kExitFailure : lab::kExitOk;
 }
 
 // sendmsg() with an SCM_RIGHTS control message holding `fd`: the kernel installs, in the

@@ -321,15 +321,15 @@ def test_flooded_server_stops_within_a_second(start, signo):
 
 @pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_client_stops_while_it_waits_on_stdin(start, lab, signo):
-    """Ctrl-C (SIGINT) or SIGTERM stops the client while it waits for a line on stdin: status 0,
-    nothing on stderr."""
+    """Ctrl-C (SIGINT) or SIGTERM stops the client while it waits for a line on stdin: status 1
+    (it stopped before the end of its input), nothing on stderr."""
     server = start("server", "--port", "0")
     client = lab.start("client", "-p", str(server.port), ready=False)
     client.write(b"first\n")
     assert client.read_line() == b"first"  # now blocked reading stdin, which stays open
     began = time.monotonic()
     client.send_signal(signo)
-    assert client.wait(5) == 0
+    assert client.wait(5) == 1
     assert time.monotonic() - began < 3
     assert client.stderr == ""
 
@@ -337,7 +337,8 @@ def test_client_stops_while_it_waits_on_stdin(start, lab, signo):
 @pytest.mark.parametrize("connect", [False, True], ids=["sendto", "connect"])
 @pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_client_stops_while_it_waits_for_a_reply(lab, signo, connect):
-    """A stop signal ends the client's wait for a reply at once, long before its --timeout."""
+    """A stop signal ends the client's wait for a reply at once, long before its --timeout:
+    status 1, nothing on stderr."""
     with udp_socket() as silent:  # takes the datagram, never answers
         port = silent.getsockname()[1]
         args = ["-p", str(port), "--timeout", "60"] + (["--connect"] if connect else [])
@@ -346,7 +347,7 @@ def test_client_stops_while_it_waits_for_a_reply(lab, signo, connect):
         assert silent.recv(100) == b"anyone?"  # sent: the client now waits for the reply
         began = time.monotonic()
         client.send_signal(signo)
-        assert client.wait(5) == 0
+        assert client.wait(5) == 1
         assert time.monotonic() - began < 3
     assert client.stdout_lines == []
     assert client.stderr == ""

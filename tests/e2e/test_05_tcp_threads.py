@@ -515,20 +515,21 @@ def test_client_waiting_for_its_user_is_not_a_timeout(start, lab):
 @pytest.mark.parametrize("signo", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_client_stops_while_waiting_on_stdin(start, lab, signo):
     """SIGINT or SIGTERM while the client waits for its user to type: it goes at once,
-    status 0, nothing printed (main takes the signal; the writer, asleep in read() on the
-    terminal, ends with the process)."""
+    status 1 (stopped before the end of its input), nothing printed (main takes the
+    signal; the writer, asleep in read() on the terminal, ends with the process)."""
     server = start("server", "--port", "0", "--quiet")
     client = lab.start("client", "--port", str(server.port), ready=False)
     wait_until(lambda: named_threads(client.pid, "writer"), what="the writer thread")
     began = time.monotonic()
     client.send_signal(signo)
-    assert client.wait(10) == 0
+    assert client.wait(10) == 1
     assert time.monotonic() - began < STOP_WITHIN
     assert client.stdout_lines == [] and client.stderr == ""
 
 
 def test_client_stops_while_waiting_for_a_reply(lab):
-    """SIGTERM while the client waits for a reply that does not come: it goes at once."""
+    """SIGTERM while the client waits for a reply that does not come: it goes at once,
+    status 1."""
     with silent_server() as listener:
         client = lab.start("client", "--port", str(listener.getsockname()[1]), "--timeout",
                            "60", ready=False)
@@ -536,7 +537,7 @@ def test_client_stops_while_waiting_for_a_reply(lab):
         wait_until(lambda: named_threads(client.pid, "writer"), what="the writer thread")
         began = time.monotonic()
         client.send_signal(signal.SIGTERM)
-        assert client.wait(10) == 0
+        assert client.wait(10) == 1
         assert time.monotonic() - began < STOP_WITHIN
 
 

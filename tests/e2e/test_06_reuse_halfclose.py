@@ -433,8 +433,8 @@ def test_client_timeout_against_a_silent_server(lab):
 
 @pytest.mark.parametrize("signo", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_client_stops_while_waiting_on_stdin(start, lab, signo):
-    """SIGINT or SIGTERM while the client waits for its input: it goes at once, status 0,
-    nothing printed."""
+    """SIGINT or SIGTERM while the client waits for its input: it goes at once, status 1
+    (stopped before the end of its input), nothing printed."""
     server = start("server", "--port", "0")
     client = lab.start("client", "--port", str(server.port), ready=False)
     server.expect(r"connected$")
@@ -443,13 +443,14 @@ def test_client_stops_while_waiting_on_stdin(start, lab, signo):
     wait_until(lambda: signo in caught_signals(client.pid), what="the client's handler")
     began = time.monotonic()
     client.send_signal(signo)
-    assert client.wait(10) == 0
+    assert client.wait(10) == 1
     assert time.monotonic() - began < STOP_WITHIN
     assert client.stdout_lines == [] and client.stderr == ""
 
 
 def test_client_stops_while_waiting_for_the_reply(lab):
-    """SIGTERM while the client waits for a reply that does not come: it goes at once."""
+    """SIGTERM while the client waits for a reply that does not come: it goes at once,
+    status 1."""
     with silent_server() as listener:
         client = lab.start("client", "--port", str(listener.getsockname()[1]), "--timeout",
                            "60", ready=False)
@@ -459,7 +460,7 @@ def test_client_stops_while_waiting_for_the_reply(lab):
                    what="the client's handler")
         began = time.monotonic()
         client.send_signal(signal.SIGTERM)
-        assert client.wait(10) == 0
+        assert client.wait(10) == 1
         assert time.monotonic() - began < STOP_WITHIN
 
 

@@ -455,8 +455,8 @@ def test_client_timeout_against_a_silent_server(run, tmp_path):
 @pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_client_stops_on_a_signal_while_waiting_on_stdin(start, tmp_path, mode, signo):
     """A client waiting for input (a student who has not typed yet) stops on SIGINT or
-    SIGTERM, at once and quietly, with status 0 (as lab 01's: stopping is the user's
-    choice)."""
+    SIGTERM, at once and quietly, with status 1 (as every echo client: it stopped before
+    the end of its input)."""
     path = sock_path(tmp_path)
     start("server", "--path", path, *mode)
     client = start("client", "--path", path, *mode, ready=False)
@@ -465,7 +465,7 @@ def test_client_stops_on_a_signal_while_waiting_on_stdin(start, tmp_path, mode, 
     wait_until(lambda: process_state(client.pid) == "S", what="the client asleep")
     began = time.monotonic()
     client.send_signal(signo)
-    assert client.wait(timeout=10) == 0
+    assert client.wait(timeout=10) == 1
     assert time.monotonic() - began < STOP_WITHIN
     assert client.stderr == ""
 
