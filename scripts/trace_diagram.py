@@ -13,11 +13,7 @@ moves bytes on one connection is folded into one row (timeline.txt has every eve
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("MPLCONFIGDIR", os.path.join(os.environ.get("TMPDIR", "/tmp"),
-                                                   "matplotlib-%d" % os.getuid()))
-import matplotlib  # noqa: E402
+import matplotlib  # scripts/trace points MPLCONFIGDIR (its font cache) into build/trace
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -8,6 +8,7 @@ the Debian packages of scripts/install-deps --trace; without them the tests skip
 which. Every trace must leave no process, namespace or scratch file behind.
 """
 
+import importlib.util
 import os
 import re
 import shutil
@@ -32,13 +33,9 @@ LINE = re.compile(r"^\s*(\d+\.\d+)  (\S+)\s+(.*)$")
 
 
 def missing_packages() -> list[str]:
-    lacking = []
-    for module, package in (("dpkt", "python3-dpkt"), ("matplotlib", "python3-matplotlib")):
-        try:
-            __import__(module)
-        except ImportError:
-            lacking.append(package)
-    return lacking
+    return [package for module, package in (("dpkt", "python3-dpkt"),
+                                            ("matplotlib", "python3-matplotlib"))
+            if importlib.util.find_spec(module) is None]
 
 
 pytestmark = [
