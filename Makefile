@@ -50,13 +50,14 @@ ifeq ($(filter $(LAB_NUM)-%,$(LAB_DIRS)),)
 $(error no lab '$(LAB)': the labs are $(foreach d,$(LAB_DIRS),$(firstword $(subst -, ,$(d)))))
 endif
 endif
-E2E_SELECT := $(if $(LAB_NUM),-m lab$(LAB_NUM))
+# Every handout traced again (make test-trace) is too slow for make test.
+E2E_SELECT := -m "not handout_trace$(if $(LAB_NUM), and lab$(LAB_NUM))"
 PYTEST     := $(PYTHON) -m pytest -p no:cacheprovider
 SAN_ENV    := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
               UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=86 \
               TSAN_OPTIONS=halt_on_error=1:exitcode=86:second_deadlock_stack=1
 
-.PHONY: all test unit e2e sanitize tsan tour deps clean help format lint fuzz valgrind bench student-kit test-grader gradescope tools trace
+.PHONY: all test unit e2e sanitize tsan tour deps clean help format lint fuzz valgrind bench student-kit test-grader test-trace gradescope tools trace
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -112,6 +113,12 @@ unit: $(UNIT_BIN)
 
 e2e: $(PROGRAMS) $(TOOLS)
 	$(SAN_ENV) LABS_BIN=$(or $(LABS_BIN),$(abspath $(BUILD))) $(PYTEST) $(E2E_SELECT) $(PYTEST_ARGS)
+
+# make trace on every handout's session, checked to leave nothing behind (CI runs it).
+test-trace: deps
+	$(BUILD_ALL)
+	@scripts/install-deps --trace
+	$(SAN_ENV) LABS_BIN=$(abspath $(BUILD)) $(PYTEST) tests/docs/test_trace.py -m handout_trace $(PYTEST_ARGS)
 
 # The instructors' tools: the grader and the student kit (slower: they run the suite's
 # own tests again against broken and unfinished builds).
@@ -181,6 +188,7 @@ help:
 	@echo "make tsan            the threaded labs under ThreadSanitizer, in build/tsan"
 	@echo "make tour            run every lab once and show both sides"
 	@echo "make trace LAB=03    lab 03's session as packets and system calls on one timeline"
+	@echo "make test-trace      make trace on every handout, checked (CI runs it)"
 	@echo "make bench           the servers measured side by side into docs/bench/ (QUICK=1: short)"
 	@echo "make lint            clang-tidy and clang-format over the whole tree"
 	@echo "make fuzz            libFuzzer on common/ and lab 02's relay (FUZZ_SECONDS=20 each)"

@@ -309,7 +309,7 @@ def test_without_root_the_calls_are_traced_and_the_missing_packets_said(tmp_path
 HANDOUTS = [lab for lab in session_labs() if parse(REPO / "labs" / lab / "README.md").blocks]
 
 
-@pytest.mark.slow
+@pytest.mark.handout_trace
 @pytest.mark.parametrize("lab", [pytest.param(lab, id=lab[:2],
                                               marks=getattr(pytest.mark, "lab" + lab[:2]))
                                  for lab in HANDOUTS])
