@@ -497,7 +497,9 @@ class Player:
                     if pattern.fullmatch(line):
                         self._show(line)
                         return
-                    if gap or JOB_NOTICE.match(line):
+                    # Blank lines are layout on the screen as in the handout (bash prints
+                    # one after a program that Ctrl-C ended, say).
+                    if gap or not line.strip() or JOB_NOTICE.match(line):
                         continue
                     raise SessionError(
                         "%s: terminal %d shows\n      %r\n    where the handout says\n      %r\n"
