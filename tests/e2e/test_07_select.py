@@ -291,7 +291,8 @@ def test_silent_clients_no_longer_deny_service(start):
         for s in silent:
             assert s.recv(10) == b""  # dropped
         echoes(server)
-        assert sum(b"dropped: idle for 3s" in l for l in server.stdout_lines) == 2
+        wait_until(lambda: sum(b"dropped: idle for 3s" in l for l in server.stdout_lines) == 2,
+                   what="both drops logged")
     finally:
         for s in silent:
             s.close()
