@@ -20,6 +20,7 @@
 #include "common/fd.hpp"
 #include "common/io.hpp"
 #include "common/signals.hpp"
+#include "labs/09-epoll/idle_list.hpp"
 
 constexpr std::uint16_t kDefaultPort = 9909;
 constexpr int kBacklog = SOMAXCONN;
@@ -47,13 +48,11 @@ static long long now_ms() {  // milliseconds on the steady clock, which never ju
     return std::chrono::duration_cast<std::chrono::milliseconds>(now).count();
 }
 
-// One connection, in a table indexed by its descriptor number: 48 bytes while idle.
+// One connection, in a table indexed by its descriptor number: 32 bytes while idle.
 struct Client {
     lab::Fd fd;                        // closing it also takes it out of the interest list
     std::uint32_t events = 0;          // what epoll reports for it (LT changes it)
     std::unique_ptr<std::string> out;  // echo not yet taken by the peer, only while some waits
-    long long deadline = 0;            // dropped then (ms on the steady clock) if still idle
-    int older = -1, newer = -1;        // its neighbours in the list by last activity
     std::uint64_t bytes = 0;           // received in all
     bool eof = false;                  // FIN: echo the rest, then close
 };
@@ -67,7 +66,7 @@ struct Server {
     std::vector<std::string> peers;  // "127.0.0.1:50312" by descriptor, for the log
     std::vector<char> buffer = std::vector<char>(kReadChunk);  // every read() lands here
     long long now = now_ms(), count = 0;  // the time (ms), the clients connected
-    int oldest = -1, newest = -1;         // the ends of the list by last activity
+    IdleList idle;                        // the timers (idle_list.hpp)
     bool out_of_fds = false;  // accept4() failed with EMFILE, said so (once): try each turn
     lab::Log log{false};
     void accept_clients();  // the lesson, after main
@@ -77,10 +76,9 @@ struct Server {
     bool send(int fd, std::string_view bytes);  // the defences
     void watch(int fd);
     bool modify(int fd, std::uint32_t events);
-    void touch(int fd);
-    void unlink(int fd);
     void out_of_descriptors();
     Client& at(int fd) { return clients[static_cast<std::size_t>(fd)]; }
+    void touch(int fd) { idle.touch(fd, now + lab::to_milliseconds(idle_timeout)); }
     std::string_view peer(int fd) {  // with --quiet, no names are kept
         return quiet ? std::string_view() : std::string_view(peers[static_cast<std::size_t>(fd)]);
     }
@@ -136,7 +134,8 @@ int main(int argc, char** argv) {
         //    earliest idle deadline, the front of the list by last activity (-1: no client).
         // TASK 09.wait
         // KIT: const int n = lab::todo<int>("09.wait");
-        const long long next = server.oldest == -1 ? -1 : server.at(server.oldest).deadline;
+        const int first = server.idle.oldest();
+        const long long next = first == -1 ? -1 : server.idle.deadline(first);
         const int timeout = next == -1 ? -1 : static_cast<int>(std::max(0LL, next - server.now));
         const int n = epoll_wait(server.epoll_fd.get(), events.data(), kMaxEvents, timeout);
         if (n == -1 && errno == EINTR) continue;  // a signal: back to the check of the flag
@@ -149,9 +148,9 @@ int main(int argc, char** argv) {
             if (fd == listen_fd) incoming = true;
             if (fd != listen_fd && server.at(fd).fd) server.serve(fd, events[i].events);
         }
-        while (server.oldest != -1 && server.at(server.oldest).deadline <= server.now)
-            server.close_client(server.oldest,
-                                "idle for " + lab::seconds_text(server.idle_timeout));
+        for (int fd = server.idle.oldest(); fd != -1 && server.idle.deadline(fd) <= server.now;
+             fd = server.idle.oldest())
+            server.close_client(fd, "idle for " + lab::seconds_text(server.idle_timeout));
         if (incoming || server.out_of_fds) server.accept_clients();
     }
     server.log("stopping on ", lab::stop_signal_name());
@@ -238,7 +237,7 @@ static bool drained(std::uint32_t events, std::size_t n, std::size_t asked) {
 void Server::close_client(int fd, std::string_view why) {
     if (why.empty()) log("client ", peer(fd), " left after ", at(fd).bytes, " bytes");
     if (!why.empty()) log("client ", peer(fd), " dropped: ", why);
-    unlink(fd);
+    idle.remove(fd);
     at(fd) = Client{};
     --count;
 }
@@ -271,23 +270,6 @@ bool Server::modify(int fd, std::uint32_t events) {  // EPOLL_CTL_MOD: a new int
     at(fd).events = events;
     return epoll_ctl(epoll_fd.get(), EPOLL_CTL_MOD, fd, &event) == 0;
 }
-// Silent clients would hold their places for ever. With one timeout for all, the list by
-// last activity is in deadline order: touch() moves a client to the back; the front is next.
-void Server::touch(int fd) {
-    unlink(fd);
-    Client& client = at(fd);
-    client.deadline = now + lab::to_milliseconds(idle_timeout);
-    client.older = std::exchange(newest, fd);
-    (client.older == -1 ? oldest : at(client.older).newer) = fd;
-}
-void Server::unlink(int fd) {
-    Client& client = at(fd);
-    if (client.older == -1 && oldest != fd) return;  // not in the list
-    (client.older == -1 ? oldest : at(client.older).newer) = client.newer;
-    (client.newer == -1 ? newest : at(client.newer).older) = client.older;
-    client.older = client.newer = -1;
-}
-
 // Out of descriptors (EMFILE): the connection stays queued. A level-triggered listener would
 // be reported again at once, a spin; this one is not, and main tries once per turn.
 void Server::out_of_descriptors() {
