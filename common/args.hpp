@@ -2,10 +2,8 @@
 //
 //   lab::Args args(kUsage);
 //   args.host_port("127.0.0.1", 9903, lab::Positionals::kPort);  // -H/--host, -p/--port, [PORT]
-//   args.seconds("--idle-timeout", &idle_seconds);
-//   args.flag("--quiet", &quiet);
+//   args.seconds("--idle-timeout", &idle_seconds);  // also flag(), option()
 //   args.parse(argc, argv);  // --help: usage on stdout, exit 0; "PROG: REASON" + usage, exit 2
-//   const lab::Endpoint local = args.endpoint(SOCK_STREAM);
 #pragma once
 
 #include <cstdint>

@@ -78,10 +78,6 @@ void print_ready(std::string_view proto, std::string_view where) {
     std::fflush(stdout);
 }
 
-void print_ready(std::string_view proto, const Endpoint& where) {
-    print_ready(proto, format_address(where));
-}
-
 void print_payload(std::string_view bytes) {
     std::fwrite(bytes.data(), 1, bytes.size(), stdout);
     std::fputc('\n', stdout);
@@ -94,6 +90,11 @@ void Log::write_line(std::string line) {
     const std::lock_guard<std::mutex> guard(lock);
     std::fwrite(line.data(), 1, line.size(), stdout);
     std::fflush(stdout);
+}
+
+double now_seconds() {
+    const auto since = std::chrono::steady_clock::now().time_since_epoch();
+    return std::chrono::duration<double>(since).count();
 }
 
 timeval to_timeval(double seconds) {

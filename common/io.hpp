@@ -51,15 +51,15 @@ class LineReader {
 };
 
 // Prints "ready: PROTO ADDRESS" and flushes: tests and graders wait for this line.
-void print_ready(std::string_view proto, const Endpoint& where);
 void print_ready(std::string_view proto, std::string_view where);
+inline void print_ready(std::string_view proto, const Endpoint& where) {
+    print_ready(proto, format_address(where));
+}
 // Writes `bytes` and a newline to stdout and flushes: how a client prints one reply.
 void print_payload(std::string_view bytes);
 
-// One log line per event on stdout, off with --quiet. Text pieces are escaped (a peer
-// chose them), numbers printed; one write per line under a lock: threads never interleave.
-//   const lab::Log log(quiet);
-//   log("from ", peer, ": ", n, " bytes");
+// One log line per event on stdout, off with --quiet: log("from ", peer, ": ", n, " bytes").
+// Text is escaped (a peer chose it), numbers printed; one locked write per line.
 class Log {
   public:
     explicit Log(bool quiet) noexcept : quiet_(quiet) {}
@@ -81,8 +81,9 @@ class Log {
     bool quiet_;
 };
 
-// Seconds as the calls take them, rounded up: a small timeout never becomes 0, which
-// SO_RCVTIMEO reads as "never" and poll() as "do not wait". seconds_text(2) is "2s".
+// Seconds on the steady clock, for deadlines; and as the calls take them, rounded up: a
+// small timeout never becomes 0 ("never" to SO_RCVTIMEO). seconds_text(2) is "2s".
+[[nodiscard]] double now_seconds();
 [[nodiscard]] timeval to_timeval(double seconds);
 [[nodiscard]] int to_milliseconds(double seconds);
 [[nodiscard]] std::string seconds_text(double seconds);

@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <chrono>
 #include <cstdint>
 #include <string>
 
@@ -29,11 +28,6 @@ TCP echo client on select(): sends standard input, prints what comes back.
   -p, --port N           server port (default 9907)
       --timeout SECONDS  give up when the server sends nothing for this long (default 10)
 )";
-
-static double now() {  // seconds on the steady clock, which never jumps
-    using std::chrono::steady_clock;
-    return std::chrono::duration<double>(steady_clock::now().time_since_epoch()).count();
-}
 
 int main(int argc, char** argv) {
     double timeout = kDefaultTimeout;
@@ -58,7 +52,7 @@ int main(int argc, char** argv) {
     bool shut = false;         // shutdown(SHUT_WR) done: the server has our FIN
     bool newline = true;       // the input so far ends with '\n'
     unsigned long long sent = 0, received = 0;
-    double deadline = now() + timeout;  // when to give up if no reply comes
+    double deadline = lab::now_seconds() + timeout;  // when to give up if no reply comes
     char chunk[kChunk];
     fd_set readable, writable;
     while (!lab::stop_requested()) {
@@ -72,7 +66,7 @@ int main(int argc, char** argv) {
         FD_SET(sock.get(), &readable);
         if (!pending.empty()) FD_SET(sock.get(), &writable);
         const bool owed = received < sent || shut;
-        timeval wait = lab::to_timeval(deadline - now());
+        timeval wait = lab::to_timeval(deadline - lab::now_seconds());
         const int ready =
             select(sock.get() + 1, &readable, &writable, nullptr, owed ? &wait : nullptr);
         if (ready == -1 && errno == EINTR) continue;  // back to the check of the stop flag
@@ -91,7 +85,7 @@ int main(int argc, char** argv) {
                 lab::die("write", "stdout");
             }
             if (n > 0) received += static_cast<unsigned long long>(n);
-            if (n > 0) deadline = now() + timeout;
+            if (n > 0) deadline = lab::now_seconds() + timeout;
         }
         // 5. send() what the socket takes now; MSG_DONTWAIT: it never blocks, so the loop
         //    goes on reading echoes even when the server is slow to take our bytes.
@@ -100,7 +94,8 @@ int main(int argc, char** argv) {
                 send(sock.get(), pending.data(), pending.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
             if (n == -1 && errno != EAGAIN && errno != EINTR) lab::die("write", where);
             if (n > 0) pending.erase(0, static_cast<std::size_t>(n));
-            if (n > 0 && received == sent) deadline = now() + timeout;  // the first byte owed
+            if (n > 0 && received == sent)
+                deadline = lab::now_seconds() + timeout;  // the first byte owed
             if (n > 0) sent += static_cast<unsigned long long>(n);
         }
         // 6. read() the next chunk of input; at its end, a last newline if it had none.
@@ -117,7 +112,7 @@ int main(int argc, char** argv) {
         if (input_ended && pending.empty() && !shut) {
             shutdown(sock.get(), SHUT_WR);  // if the connection is gone, read() will say so
             shut = true;
-            deadline = now() + timeout;
+            deadline = lab::now_seconds() + timeout;
         }
     }
     if (lab::stop_requested()) return lab::kExitFailure;

@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -59,11 +58,6 @@ struct Server {
     lab::Fd accept_with_spare(lab::Endpoint& peer);  // the defences
     bool idle(const Client& client) const;
 };
-static double now() {  // seconds on the steady clock, which never jumps
-    using std::chrono::steady_clock;
-    return std::chrono::duration<double>(steady_clock::now().time_since_epoch()).count();
-}
-
 int main(int argc, char** argv) {
     Server server;
     bool quiet = false;
@@ -99,7 +93,7 @@ int main(int argc, char** argv) {
         FD_ZERO(&writable);
         FD_SET(listen_fd, &readable);
         int max_fd = listen_fd;
-        double wake = now() + 86400;  // the earliest deadline (no client: in a day)
+        double wake = lab::now_seconds() + 86400;  // the earliest deadline (no client: in a day)
         for (const Client& client : server.clients) {
             const int fd = client.fd.get();
             if (!client.eof && std::ssize(client.out) < server.max_buffer) FD_SET(fd, &readable);
@@ -107,7 +101,7 @@ int main(int argc, char** argv) {
             max_fd = std::max(max_fd, fd);
             wake = std::min(wake, client.deadline);
         }
-        timeval timeout = lab::to_timeval(wake - now());
+        timeval timeout = lab::to_timeval(wake - lab::now_seconds());
         const int ready = select(max_fd + 1, &readable, &writable, nullptr, &timeout);
         if (ready == -1 && errno == EINTR) continue;  // back to the check of the stop flag
         if (ready == -1) lab::die("select");
@@ -143,8 +137,8 @@ void Server::accept_clients() {
             send(fd.get(), kBusyReply.data(), kBusyReply.size(), MSG_NOSIGNAL);  // it has room
             continue;
         }
-        clients.push_back(
-            {std::move(fd), lab::format_address(peer), {}, false, 0, now() + idle_timeout});
+        const double deadline = lab::now_seconds() + idle_timeout;  // dropped then, if idle
+        clients.push_back({std::move(fd), lab::format_address(peer), {}, false, 0, deadline});
         log("client ", clients.back().peer, " connected");
     }
     if (!spare) spare.reset(open("/dev/null", O_RDONLY | O_CLOEXEC));  // queue empty at EMFILE
@@ -175,8 +169,8 @@ bool Server::serve(Client& client, const fd_set& readable, const fd_set& writabl
         return false;
     }
     // END TASK
-    if (n > 0) client.deadline = now() + idle_timeout;             // it sent or took bytes
-    if (client.out.empty() && n <= 0) client.out.shrink_to_fit();  // quiet: no buffer held
+    if (n > 0) client.deadline = lab::now_seconds() + idle_timeout;  // it sent or took bytes
+    if (client.out.empty() && n <= 0) client.out.shrink_to_fit();    // quiet: no buffer held
     if (!client.eof || !client.out.empty()) return true;
     log("client ", client.peer, " left after ", client.bytes, " bytes");
     return false;
@@ -194,7 +188,7 @@ lab::Fd Server::accept_with_spare(lab::Endpoint& peer) {
 // Silent clients would hold their slots for ever. Each has a deadline; select() sleeps no
 // later than the earliest (found as the sets are filled); one past it is dropped here.
 bool Server::idle(const Client& client) const {
-    if (now() < client.deadline) return false;
+    if (lab::now_seconds() < client.deadline) return false;
     log("client ", client.peer, " dropped: idle for ", lab::seconds_text(idle_timeout));
     return true;
 }

@@ -10,7 +10,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <chrono>
 #include <cstdint>
 #include <string>
 
@@ -32,11 +31,6 @@ TCP echo client on poll(): sends standard input, prints what comes back.
   -p, --port N           server port (default 9908)
       --timeout SECONDS  give up when the server sends nothing for this long (default 10)
 )";
-
-static double now() {  // seconds on the steady clock, which never jumps
-    using std::chrono::steady_clock;
-    return std::chrono::duration<double>(steady_clock::now().time_since_epoch()).count();
-}
 
 int main(int argc, char** argv) {
     double timeout = kDefaultTimeout;
@@ -65,7 +59,7 @@ int main(int argc, char** argv) {
     bool shut = false;         // shutdown(SHUT_WR) done: the server has our FIN
     bool newline = true;       // the input so far ends with '\n'
     unsigned long long sent = 0, received = 0;
-    double deadline = now() + timeout;  // when to give up if no reply comes
+    double deadline = lab::now_seconds() + timeout;  // when to give up if no reply comes
     char chunk[kChunk];
     pollfd fds[2] = {{STDIN_FILENO, POLLIN, 0}, {sock.get(), 0, 0}};
     while (!lab::stop_requested()) {
@@ -76,7 +70,8 @@ int main(int argc, char** argv) {
         fds[0].fd = !input_ended && out.size() < kMaxPending ? STDIN_FILENO : -1;  // -1: skip it
         fds[1].events = out.empty() ? POLLIN : POLLIN | POLLOUT;
         const bool owed = received < sent || shut;
-        const int ready = poll(fds, 2, owed ? lab::to_milliseconds(deadline - now()) : -1);
+        const int ready =
+            poll(fds, 2, owed ? lab::to_milliseconds(deadline - lab::now_seconds()) : -1);
         if (ready == -1 && errno == EINTR) continue;  // back to the check of the stop flag
         if (ready == -1) lab::die("poll");
         if (ready == 0) {
@@ -94,13 +89,14 @@ int main(int argc, char** argv) {
                 lab::die("write", "stdout");
             }
             if (n > 0) received += static_cast<unsigned long long>(n);
-            if (n > 0) deadline = now() + timeout;
+            if (n > 0) deadline = lab::now_seconds() + timeout;
         }
         // 5. write() from the buffer what the socket takes; EAGAIN: the rest waits for POLLOUT.
         if (!out.empty() && (fds[1].revents & POLLOUT) != 0) {
             const ssize_t n = send(sock.get(), out.data(), out.size(), MSG_NOSIGNAL);
             if (n == -1 && errno != EAGAIN && errno != EINTR) lab::die("write", where);
-            if (n > 0 && received == sent) deadline = now() + timeout;  // the first byte owed
+            if (n > 0 && received == sent)
+                deadline = lab::now_seconds() + timeout;  // the first byte owed
             if (n > 0) out.erase(0, static_cast<std::size_t>(n));
             if (n > 0) sent += static_cast<unsigned long long>(n);
         }
@@ -119,7 +115,7 @@ int main(int argc, char** argv) {
         if (input_ended && out.empty() && !shut) {
             shutdown(sock.get(), SHUT_WR);  // if the connection is gone, read() will say so
             shut = true;
-            deadline = now() + timeout;
+            deadline = lab::now_seconds() + timeout;
         }
     }
     if (lab::stop_requested()) return lab::kExitFailure;

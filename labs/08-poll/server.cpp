@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -60,11 +59,6 @@ struct Server {
     lab::Fd accept_with_spare(lab::Endpoint& peer);  // the defences
     bool idle(const Client& client) const;
 };
-static double now() {  // seconds on the steady clock, which never jumps
-    using std::chrono::steady_clock;
-    return std::chrono::duration<double>(steady_clock::now().time_since_epoch()).count();
-}
-
 int main(int argc, char** argv) {
     Server server;
     bool quiet = false;
@@ -96,7 +90,7 @@ int main(int argc, char** argv) {
         //    client is watched for reading while its echo has room (backpressure), for
         //    writing only while output waits. It sleeps until one is ready, or a deadline.
         // TASK 08.poll
-        double wake = now() + 86400;  // the earliest deadline (no client: in a day)
+        double wake = lab::now_seconds() + 86400;  // the earliest deadline (no client: in a day)
         for (std::size_t i = 0; i < server.clients.size(); ++i) {
             const Client& client = server.clients[i];
             short& events = server.fds[i + 1].events;
@@ -104,8 +98,8 @@ int main(int argc, char** argv) {
             if (!client.out.empty()) events |= POLLOUT;
             wake = std::min(wake, client.deadline);
         }
-        const int ready =
-            poll(server.fds.data(), server.fds.size(), lab::to_milliseconds(wake - now()));
+        const int ready = poll(server.fds.data(), server.fds.size(),
+                               lab::to_milliseconds(wake - lab::now_seconds()));
         if (ready == -1 && errno == EINTR) continue;  // back to the check of the stop flag
         if (ready == -1) lab::die("poll");
         // END TASK
@@ -143,8 +137,8 @@ void Server::accept_clients() {
             continue;
         }
         fds.push_back({fd.get(), 0, 0});
-        clients.push_back(
-            {std::move(fd), lab::format_address(peer), {}, false, 0, now() + idle_timeout});
+        const double deadline = lab::now_seconds() + idle_timeout;  // dropped then, if idle
+        clients.push_back({std::move(fd), lab::format_address(peer), {}, false, 0, deadline});
         log("client ", clients.back().peer, " connected");
     }
     if (!spare) spare.reset(open("/dev/null", O_RDONLY | O_CLOEXEC));  // queue empty at EMFILE
@@ -175,8 +169,8 @@ bool Server::serve(Client& client, short revents) const {
         return false;
     }
     // END TASK
-    if (n > 0) client.deadline = now() + idle_timeout;             // it sent or took bytes
-    if (client.out.empty() && n <= 0) client.out.shrink_to_fit();  // quiet: no buffer held
+    if (n > 0) client.deadline = lab::now_seconds() + idle_timeout;  // it sent or took bytes
+    if (client.out.empty() && n <= 0) client.out.shrink_to_fit();    // quiet: no buffer held
     if (!client.eof || !client.out.empty()) return true;
     log("client ", client.peer, " left after ", client.bytes, " bytes");
     return false;
@@ -194,7 +188,7 @@ lab::Fd Server::accept_with_spare(lab::Endpoint& peer) {
 // Silent clients would hold their slots for ever. Each has a deadline; poll() sleeps no
 // later than the earliest (found as the events are set); one past it is dropped here.
 bool Server::idle(const Client& client) const {
-    if (now() < client.deadline) return false;
+    if (lab::now_seconds() < client.deadline) return false;
     log("client ", client.peer, " dropped: idle for ", lab::seconds_text(idle_timeout));
     return true;
 }

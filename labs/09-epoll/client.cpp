@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <string>
@@ -61,11 +60,6 @@ struct Client {
     bool reading() const { return !eof && input.size() < kWindow; }
     bool done() const { return std::ranges::all_of(conns, std::identity(), &Connection::closed); }
 };
-static long long now_ms() {  // milliseconds on the steady clock, which never jumps
-    const auto now = std::chrono::steady_clock::now().time_since_epoch();
-    return std::chrono::duration_cast<std::chrono::milliseconds>(now).count();
-}
-
 int main(int argc, char** argv) {
     Client client;
     long long connections = 1;
@@ -99,17 +93,17 @@ int main(int argc, char** argv) {
     }
     client.watch_input(true);
     std::vector<epoll_event> events(1024);
-    long long deadline = now_ms() + lab::to_milliseconds(timeout);  // if no reply comes
+    double deadline = lab::now_seconds() + timeout;  // if no reply comes
     while (!client.done() && !lab::stop_requested()) {
         // 4. epoll_wait() for stdin and the connections; the timeout runs while a reply is
         //    owed (bytes sent and not yet back, or the FIN after ours).
         const bool owed = client.owed > 0 || client.eof;
-        int wait = owed ? static_cast<int>(std::max(0LL, deadline - now_ms())) : -1;
+        int wait = owed ? lab::to_milliseconds(deadline - lab::now_seconds()) : -1;
         if (client.file && client.reading()) wait = 0;  // epoll refuses a file: read anyway
         const int n = epoll_wait(client.epoll_fd.get(), events.data(), 1024, wait);
         if (n == -1 && errno == EINTR) continue;  // back to the check of the stop flag
         if (n == -1) lab::die("epoll_wait");
-        if (n == 0 && owed && now_ms() >= deadline)
+        if (n == 0 && owed && lab::now_seconds() >= deadline)
             lab::fatal("read " + client.where + ": no reply within " + lab::seconds_text(timeout));
         const std::uint64_t heard = client.heard;
         for (int i = 0; i < n; ++i) {
@@ -118,7 +112,7 @@ int main(int argc, char** argv) {
             if (tag != kInput) client.serve(client.conns[tag]);
         }
         if (client.file && client.reading()) client.read_input();
-        if (client.heard != heard) deadline = now_ms() + lab::to_milliseconds(timeout);
+        if (client.heard != heard) deadline = lab::now_seconds() + timeout;
         client.print_echoed();
     }
     return lab::stop_requested() ? lab::kExitFailure : lab::kExitOk;

@@ -14,7 +14,7 @@
 class IdleList {
   public:
     // `fd` was active: it goes to the back of the list, due at `deadline`.
-    void touch(int fd, long long deadline) {
+    void touch(int fd, double deadline) {
         remove(fd);
         if (static_cast<std::size_t>(fd) >= links_.size()) links_.resize(fd + 1UL);
         Link& link = at(fd);
@@ -33,13 +33,13 @@ class IdleList {
     }
     // The client due first, or -1 when there is none; its deadline.
     [[nodiscard]] int oldest() const { return oldest_; }
-    [[nodiscard]] long long deadline(int fd) const {
+    [[nodiscard]] double deadline(int fd) const {
         return links_[static_cast<std::size_t>(fd)].deadline;
     }
 
   private:
     struct Link {
-        long long deadline = 0;  // ms on the steady clock
+        double deadline = 0;  // seconds on the steady clock (lab::now_seconds())
         int older = -1, newer = -1;
     };
     Link& at(int fd) { return links_[static_cast<std::size_t>(fd)]; }

@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -43,11 +42,6 @@ TCP echo server: one thread, epoll, thousands of clients at once.
       --quiet                 no log line per event
 )";
 
-static long long now_ms() {  // milliseconds on the steady clock, which never jumps
-    const auto now = std::chrono::steady_clock::now().time_since_epoch();
-    return std::chrono::duration_cast<std::chrono::milliseconds>(now).count();
-}
-
 // One connection, in a table indexed by its descriptor number: 32 bytes while idle.
 struct Client {
     lab::Fd fd;                        // closing it also takes it out of the interest list
@@ -65,8 +59,9 @@ struct Server {
     std::vector<Client> clients;     // indexed by descriptor number
     std::vector<std::string> peers;  // "127.0.0.1:50312" by descriptor, for the log
     std::vector<char> buffer = std::vector<char>(kReadChunk);  // every read() lands here
-    long long now = now_ms(), count = 0;  // the time (ms), the clients connected
-    IdleList idle;                        // the timers (idle_list.hpp)
+    double now = lab::now_seconds();                           // the time, on the steady clock
+    long long count = 0;                                       // the clients connected
+    IdleList idle;                                             // the timers (idle_list.hpp)
     bool out_of_fds = false;  // accept4() failed with EMFILE, said so (once): try each turn
     lab::Log log{false};
     void accept_clients();  // the lesson, after main
@@ -78,7 +73,7 @@ struct Server {
     bool modify(int fd, std::uint32_t events);
     void out_of_descriptors();
     Client& at(int fd) { return clients[static_cast<std::size_t>(fd)]; }
-    void touch(int fd) { idle.touch(fd, now + lab::to_milliseconds(idle_timeout)); }
+    void touch(int fd) { idle.touch(fd, now + idle_timeout); }
     std::string_view peer(int fd) {  // with --quiet, no names are kept
         return quiet ? std::string_view() : std::string_view(peers[static_cast<std::size_t>(fd)]);
     }
@@ -135,13 +130,13 @@ int main(int argc, char** argv) {
         // TASK 09.wait
         // KIT: const int n = lab::todo<int>("09.wait");
         const int first = server.idle.oldest();
-        const long long next = first == -1 ? -1 : server.idle.deadline(first);
-        const int timeout = next == -1 ? -1 : static_cast<int>(std::max(0LL, next - server.now));
+        const int timeout =
+            first == -1 ? -1 : lab::to_milliseconds(server.idle.deadline(first) - server.now);
         const int n = epoll_wait(server.epoll_fd.get(), events.data(), kMaxEvents, timeout);
         if (n == -1 && errno == EINTR) continue;  // a signal: back to the check of the flag
         if (n == -1) lab::die("epoll_wait");
         // END TASK
-        server.now = now_ms();
+        server.now = lab::now_seconds();
         bool incoming = false;         // accept after the batch: a new client may get the number
         for (int i = 0; i < n; ++i) {  // of one closed in it, and must not get its events
             const int fd = events[i].data.fd;

@@ -30,7 +30,7 @@ LAB = EchoLab(
     logs={"connected": r"^client PEER connected$", "bytes": r"^from PEER: \d+ bytes$",
           "left": r"^client PEER left after \d+ bytes$",
           "reset": r"^client PEER dropped: Connection reset by peer$",
-          "busy": r"^refused PEER: server busy$", "stop": r"^stopping on SIG(INT|TERM)$"},
+          "busy": r"^refused PEER: server busy$", "stop": r"^stopping on SIGNAME$"},
     help_mentions={"server": [b"--max-buffer", b"--max-clients", b"--idle-timeout"],
                    "client": [b"--timeout"]},
     bad_arguments=[("server", args) for args in (

@@ -36,7 +36,7 @@ LAB = EchoLab(
     logs={"connected": r"^client PEER connected: fd \d+$", "bytes": r"^from PEER: \d+ bytes$",
           "left": r"^client PEER left after \d+ bytes$",
           "reset": r"^client PEER dropped: (Connection reset by peer|Broken pipe)$",
-          "busy": r"^refused PEER: server busy$", "stop": r"^stopping on SIG(TERM|INT)$"},
+          "busy": r"^refused PEER: server busy$", "stop": r"^stopping on SIGNAME$"},
     help_mentions={"server": [b"--mode lt|et", b"--idle-timeout"],
                    "client": [b"--connections", b"--timeout"]},
     bad_arguments=[("server", args) for args in (
