@@ -178,13 +178,17 @@ def test_handout_states_the_points_of_weights_toml(lab):
     with open(REPO / "tests" / "weights.toml", "rb") as f:
         weights = tomllib.load(f)
     points = weights.get("lab", {}).get(lab[:2], {}).get("points", weights["default"]["points"])
-    total = sum(g["points"] for g in weights["group"])
+    scored = [g for g in weights["group"] if g.get("scored", True)]
+    total = sum(g["points"] for g in scored)
     text = section(readme(lab), "Grading")
     assert text, "no 'Grading' section"
     said = " ".join(text.split())
     assert "worth %g points" % points in said, said
-    for g in weights["group"]:
+    for g in scored:
         assert "%s %g" % (g["name"], points * g["points"] / total) in said, (g["name"], said)
+    for g in weights["group"]:
+        if g not in scored:  # named only to say it counts for no one
+            assert not re.search(r"\b%s \d" % re.escape(g["name"]), said), (g["name"], said)
 
 
 def tasks_in_code(lab):
