@@ -1,6 +1,8 @@
 """The echo-server contract: what every TCP echo lab promises (03, 04, 05, 07, 08, 09, and
 12 in stream mode), written once; and, in its second part, what the event-loop servers
-(07, 08, 09) promise on top.
+(07, 08, 09) and their clients promise on top: a stop within a second however busy the
+loop, idle clients dropped on its timer, and clients that keep lines in flight and time
+out on a silent server.
 
 A lab's test file says what its server is like and takes the contract's tests as its own:
 
@@ -13,6 +15,7 @@ gives is the fixture `serve`: `serve("--quiet")` starts the lab's server at a fr
 address (port 0, or a new socket path) and waits for its ready line.
 """
 
+import contextlib
 import itertools
 import os
 import re
@@ -21,6 +24,7 @@ import select
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -35,6 +39,8 @@ from faults import (BUSY, MIB, STREAM_FAULTS, echoes, fault_many_resets_at_once,
 
 SIGNALS = pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT],
                                   ids=["SIGTERM", "SIGINT"])
+STOP_WITHIN = 3.0  # the program has one second; the rest is the machine's load
+LINE_16_MIB = b"x" * (16 << 20) + b"\n"
 
 
 @dataclass
@@ -364,6 +370,8 @@ def event_loop_contract(spec: EchoLab) -> dict:
     """What a server with one thread and an event loop (select, poll, epoll) promises: no
     client, however slow, silent, greedy or numerous, stalls the others or the server."""
 
+    log = spec.log
+
     def test_idle_clients_and_half_line_do_not_delay_an_active_client(serve, run):
         """A hundred idle clients, one of them halfway through a line, delay no one: the
         lab's client gets 200 lines back within 5 s, fresh clients within 2 s each, and
@@ -548,6 +556,258 @@ def event_loop_contract(spec: EchoLab) -> dict:
             for s in socks:
                 s.close()
 
+    # ------------------------------------------------------------- the log
+
+    def test_server_logs_connect_bytes_and_leave(serve):
+        """One line when a client comes, one per read with its size, one when it leaves with
+        the bytes it sent in all, in the wording of docs/conventions.md."""
+        server = serve()
+        with connect(server.address) as s:
+            me = peer_of(s)
+            assert exchange(s, b"12345") == b"12345"
+        server.expect(log("connected", peer=me))
+        server.expect(r"^from %s: 5 bytes$" % me)
+        server.expect(r"^client %s left after 5 bytes$" % me)
+        assert server.stop() == 0
+        assert server.stdout_lines[-1] == b"stopping on SIGTERM"
+
+    def test_client_bytes_never_reach_the_log(serve):
+        """What a client sends (escape sequences, a forged log line) is echoed, never
+        logged."""
+        server = serve()
+        evil = b"\x1b]0;owned\x07\nready: tcp 6.6.6.6:66\nstopping on SIGTERM\n"
+        with connect(server.address) as s:
+            assert exchange(s, evil) == evil
+        server.expect(r" left after %d bytes$" % len(evil))
+        assert server.stop() == 0
+        logged = b"\n".join(server.stdout_lines)
+        assert b"\x1b" not in logged and b"6.6.6.6" not in logged
+        assert server.stdout_lines.count(b"stopping on SIGTERM") == 1
+
+    # ------------------------------------------------------------- stopping however busy
+
+    @SIGNALS
+    def test_stop_while_flooded(serve, signo):
+        """Four clients write and read as fast as they can, so every wait returns at once
+        and the loop never sleeps. SIGTERM or SIGINT still ends it within a second, status
+        0. (pselect(), ppoll() and epoll_pwait() deliver a pending signal only when they
+        would sleep: the loop must look at the flag itself.)"""
+        server = serve("--quiet")
+        echoed, end = flood(server)
+        try:
+            wait_until(lambda: echoed[0] > 8 << 20, timeout=10, what="8 MiB echoed")
+            stops_in_time(server, signo)
+        finally:
+            end()
+
+    def test_stop_while_out_of_descriptors(serve):
+        """Clients keep coming to a server out of descriptors (EMFILE): it refuses them with
+        its spare descriptor, or pauses its accepts (09) while they queue. SIGTERM still
+        ends it within a second, status 0, and it never spun meanwhile."""
+        if spec.out_of_descriptors == "refuse":  # three clients fit in eight descriptors
+            server = serve("--quiet", preexec=nofile(8))
+            socks = [connect(server.address) for _ in range(3)]
+            for s in socks:
+                assert exchange(s, b"in\n") == b"in\n"
+            socks += [connect(server.address) for _ in range(20)]
+            wait_until(lambda: len(readable(socks)) >= 20, what="the rest refused")
+        else:  # eleven fit in sixteen; the rest wait in the kernel's queue
+            server = serve("--quiet", "--max-clients", "100", preexec=nofile(16))
+            socks = [connect(server.address) for _ in range(20)]
+            wait_until(lambda: "pausing accepts" in server.stderr, what="the EMFILE report")
+        try:
+            busy = cpu_seconds(server.pid)
+            time.sleep(0.5)  # measuring CPU use over half a second, not waiting for anything
+            assert cpu_seconds(server.pid) - busy < 0.3, "the server spins while starved"
+            socks += [connect(server.address) for _ in range(5)]
+            stops_in_time(server)
+        finally:
+            for s in socks:
+                s.close()
+
+    def test_stop_while_writing_to_a_slow_reader(serve):
+        """A client sends 8 MiB and reads 4 KiB every 50 ms: the server always has an echo
+        to write. SIGTERM still ends it within a second, status 0."""
+        server = serve("--quiet")
+        with slow_reader(server) as received:
+            wait_until(lambda: received[0] > 32768, what="the slow reader under way")
+            stops_in_time(server)
+
+    # ------------------------------------------------------------- idle clients
+
+    def test_idle_client_is_dropped(serve):
+        """--idle-timeout 0.5: a client silent that long is closed, the server logs why
+        ("client PEER dropped: idle for 0.5s"), nothing on stderr, and the next client is
+        served. Nothing else happens meanwhile: only the wait's timeout, set by the
+        earliest deadline, can wake the loop."""
+        server = serve("--idle-timeout", "0.5")
+        began = time.monotonic()
+        with connect(server.address, timeout=10) as silent:
+            me = peer_of(silent)
+            assert silent.recv(10) == b""  # the server closed it
+        took = time.monotonic() - began
+        assert 0.4 < took < 5, took
+        server.expect(r"^client %s dropped: idle for 0\.5s$" % me)
+        echoes(server)
+        assert server.stderr == ""
+
+    def test_tiny_idle_timeout_is_not_forever(serve):
+        """--idle-timeout 0.0000001 is rounded up, never down to a zero timeout (which
+        would mean none): a silent client is dropped at once."""
+        server = serve("--idle-timeout", "0.0000001")
+        with connect(server.address, timeout=10) as silent:
+            assert silent.recv(10) == b""
+        server.expect(r"dropped: idle for 1e-07s$")
+
+    def test_silent_clients_no_longer_deny_service(serve):
+        """--max-clients 2: two clients that never send hold both places and a third is
+        told "server busy"; after --idle-timeout (3 s) they are dropped, and a new client
+        is served."""
+        server = serve("--max-clients", "2", "--idle-timeout", "3")  # room to knock, under load
+        silent = [connect(server.address, timeout=10) for _ in range(2)]
+        try:
+            wait_until(lambda: sum(b" connected" in l for l in server.stdout_lines) == 2,
+                       what="both silent clients in")
+            with connect(server.address) as third:
+                assert read_to_end(third) == BUSY
+            for s in silent:
+                assert s.recv(10) == b""  # dropped
+            echoes(server)
+            wait_until(lambda: sum(b"dropped: idle for 3s" in l
+                                   for l in server.stdout_lines) == 2, what="both drops logged")
+        finally:
+            for s in silent:
+                s.close()
+
+    def test_active_client_is_not_dropped(serve):
+        """--idle-timeout 2: a client that sends a line every 0.2 s for 4 s is never idle
+        that long: each line moves its deadline, and every echo comes back."""
+        server = serve("--idle-timeout", "2")
+        with connect(server.address, timeout=10) as s:
+            deadline = time.monotonic() + 4
+            while time.monotonic() < deadline:
+                assert exchange(s, b"still here\n") == b"still here\n"
+                time.sleep(0.2)  # the pace of the client, well inside the idle timeout
+        assert not any(b"idle" in l for l in server.stdout_lines)
+
+    def test_client_that_never_reads_is_dropped_when_idle(serve):
+        """A client that writes until every buffer is full and never reads: the server can
+        neither read from it (backpressure) nor write to it, so it is idle; after
+        --idle-timeout it is dropped and its buffer freed."""
+        server = serve("--idle-timeout", "1")
+        hog = socket.socket(server.family, socket.SOCK_STREAM)
+        hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        hog.connect(server.sockaddr)
+        try:
+            stuff_without_reading(hog)
+            server.expect(r"^client %s dropped: idle for 1s$" % peer_of(hog), timeout=10)
+            echoes(server)
+        finally:
+            hog.close()
+
+    # ------------------------------------------------------------- the lab's client
+
+    def test_client_16_mib_line(serve, run):
+        """One line of 16 MiB goes through the client and comes back whole: it reads the
+        echo while it writes, so neither side's buffers can deadlock it."""
+        server = serve("--quiet")
+        result = run("client", *address_args(server), input=LINE_16_MIB, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == LINE_16_MIB
+
+    def test_client_keeps_lines_in_flight(run):
+        """A server that answers only once the client has sent everything (it reads to the
+        client's FIN, then echoes it all): the client sends every line without waiting for
+        any echo, half-closes, and still reads the whole echo. A stop-and-wait client would
+        wait for the first line's echo for ever."""
+        lines = b"".join(b"line %d\n" % i for i in range(2000))
+        port, done = one_shot_server(lambda conn: conn.sendall(read_to_end(conn, 10)))
+        result = run("client", "--port", str(port), "--timeout", "5", input=lines)
+        done()
+        assert (result.returncode, result.stderr) == (0, "")
+        assert result.stdout == lines
+
+    def test_client_reads_until_the_servers_fin(run):
+        """After its half-close the client reads on: echo that comes late and in pieces is all
+        printed, and the client exits 0 only at the server's FIN."""
+        def late_and_in_pieces(conn):
+            data = read_to_end(conn, 10)
+            for i in range(0, len(data), 3):
+                time.sleep(0.05)  # the pace of a slow server
+                conn.sendall(data[i:i + 3])
+
+        port, done = one_shot_server(late_and_in_pieces)
+        result = run("client", "--port", str(port), input=b"slow\nbut sure\n")
+        done()
+        assert (result.returncode, result.stdout) == (0, b"slow\nbut sure\n"), result.stderr
+
+    def test_client_timeout_against_a_silent_server(run):
+        """A server that accepts (the kernel completes the handshake) and never answers:
+        with --timeout 1 the client gives up after about a second, exit 1, and says why."""
+        with socket.create_server(("127.0.0.1", 0)) as silent:
+            port = silent.getsockname()[1]
+            result = run("client", "--port", str(port), "--timeout", "1", input=b"hello?\n")
+        assert result.returncode == 1
+        assert result.stdout == b""
+        assert result.stderr == "client: read 127.0.0.1:%d: no reply within 1s\n" % port
+        assert 0.9 < result.seconds < 5, result.seconds
+
+    def test_client_timeout_counts_from_the_last_reply(run):
+        """A server that trickles the echo back, a byte every 0.2 s for 4 s: with
+        --timeout 3 the client never waits that long for a reply, and gets all of it."""
+        line = b"0123456789abcdefghi\n"
+
+        def trickle(conn):
+            conn.settimeout(10)
+            for b in recv_exactly(conn, len(line)):
+                time.sleep(0.2)  # the pace of the trickle, well inside the timeout
+                conn.sendall(bytes([b]))
+            read_to_end(conn, 10)
+
+        port, done = one_shot_server(trickle)
+        result = run("client", "--port", str(port), "--timeout", "3", input=line)
+        done()
+        assert (result.returncode, result.stdout) == (0, line), result.stderr
+
+    def test_client_says_when_the_server_closes_early(run):
+        """A peer that reads everything and closes without a word: exit 1, with how much
+        came back of how much was sent."""
+        port, done = one_shot_server(lambda conn: read_to_end(conn, 10))
+        result = run("client", "--port", str(port), input=b"anyone?\n")
+        done()
+        assert result.returncode == 1
+        assert result.stderr == ("client: connection closed by 127.0.0.1:%d after 0 of 8 "
+                                 "bytes\n" % port)
+
+    @SIGNALS
+    def test_client_stops_on_a_signal_while_waiting_on_stdin(serve, start, signo):
+        """Connected, with nothing typed yet: the client waits on its input and the socket
+        at once. A stop signal ends it at once (exit 1: its input was not all echoed)."""
+        server = serve()
+        client = start("client", *address_args(server), ready=False)
+        server.expect(r" connected")
+        wait_until(lambda: process_state(client.pid) == "S", what="the client waiting")
+        began = time.monotonic()
+        client.send_signal(signo)
+        assert client.wait(10) == 1
+        assert time.monotonic() - began < STOP_WITHIN
+        assert client.stderr == ""
+
+    def test_client_stops_on_a_signal_while_waiting_for_a_reply(start):
+        """A line sent to a server that never answers, the input still open: SIGTERM ends
+        the client at once, long before its --timeout."""
+        with socket.create_server(("127.0.0.1", 0)) as silent:
+            client = start("client", "--port", str(silent.getsockname()[1]), "--timeout",
+                           "60", ready=False)
+            client.write(b"anyone?\n")
+            conn, _ = silent.accept()
+            with conn:
+                assert recv_exactly(conn, 8) == b"anyone?\n"
+                began = time.monotonic()
+                client.send_signal(signal.SIGTERM)
+                assert client.wait(10) == 1
+                assert time.monotonic() - began < STOP_WITHIN
+
     @pytest.mark.faults
     @pytest.mark.parametrize("fault", STREAM_FAULTS + [
         fault_many_resets_at_once, fault_max_buffer_in_one_burst,
@@ -574,3 +834,111 @@ def readable(socks):
     for fd in by_fd:
         poller.register(fd, select.POLLIN)
     return [by_fd[fd] for fd, _ in poller.poll(0)]
+
+
+def stops_in_time(program, signo=signal.SIGTERM) -> float:
+    """Sends `signo`, checks the exit status 0, and returns how long the exit took."""
+    began = time.monotonic()
+    assert program.stop(signo, timeout=10) == 0, program.describe()
+    took = time.monotonic() - began
+    assert took < STOP_WITHIN, "stopped after %.1fs" % took
+    return took
+
+
+def peer_of(sock) -> str:
+    """The log's name for our end of a connection, as a regex."""
+    host, port = sock.getsockname()[:2]
+    return re.escape(("[%s]:%d" if ":" in host else "%s:%d") % (host, port))
+
+
+def flood(server, clients=4):
+    """Clients that write as fast as they can and read everything back, each direction in
+    a thread of its own, so that the server always has a ready descriptor. Returns (bytes
+    echoed so far, a function that ends the flood)."""
+    socks = [connect(server.address, timeout=10) for _ in range(clients)]
+    done, echoed = threading.Event(), [0]
+
+    def write(s):
+        chunk = b"f" * 65536
+        try:
+            while not done.is_set():
+                s.sendall(chunk)
+        except OSError:
+            pass  # the server has gone
+
+    def read(s):
+        try:
+            while piece := s.recv(65536):
+                echoed[0] += len(piece)
+        except OSError:
+            pass
+
+    threads = [threading.Thread(target=f, args=(s,), daemon=True)
+               for s in socks for f in (write, read)]
+    for t in threads:
+        t.start()
+
+    def end():
+        done.set()
+        for s in socks:
+            s.close()
+        for t in threads:
+            t.join(10)
+    return echoed, end
+
+
+@contextlib.contextmanager
+def slow_reader(server):
+    """A client that sends 8 MiB and reads its echo 4 KiB every 50 ms, so the server always
+    has an echo to write; yields [bytes received so far]."""
+    s = socket.socket(server.family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(server.sockaddr)
+    s.settimeout(10)
+    stop, received = threading.Event(), [0]
+
+    def slow_read():
+        try:
+            while not stop.is_set() and (piece := s.recv(4096)):
+                received[0] += len(piece)
+                time.sleep(0.05)  # the pace of a slow reader
+        except OSError:
+            pass
+
+    def write():
+        try:
+            s.sendall(b"s" * (8 << 20))
+        except OSError:
+            pass  # the server has gone
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (slow_read, write)]
+    for t in threads:
+        t.start()
+    try:
+        yield received
+    finally:
+        stop.set()
+        s.close()
+        for t in threads:
+            t.join(10)
+
+
+def one_shot_server(behave):
+    """A listening socket on a fresh port and a thread that accepts one connection and
+    hands it to `behave(conn)`. Returns (port, a function that waits for the thread)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve_one():
+        try:
+            conn, _ = listener.accept()
+            with conn:
+                behave(conn)
+        except OSError:
+            pass
+        finally:
+            listener.close()
+
+    t = threading.Thread(target=serve_one, daemon=True)
+    t.start()
+    return port, lambda: t.join(10)
