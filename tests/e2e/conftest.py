@@ -18,12 +18,16 @@ binaries); the default is build/ at the top of the repository.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import queue
 import re
+import select
 import signal
 import socket
+import struct
 import subprocess
+import termios
 import threading
 import time
 from dataclasses import dataclass
@@ -37,6 +41,8 @@ pytest.register_assert_rewrite("echo_contract", "faults")
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("LABS_BIN") or REPO / "build").resolve()
 READY = re.compile(r"^ready: (udp|tcp|unix|unix-dgram) (\S+)$")
+STOP_WITHIN = 3.0  # seconds a test allows for a stop: the program has one, the rest is load
+
 SANITIZER_REPORTS = (
     b"ERROR: AddressSanitizer",
     b"ERROR: LeakSanitizer",
@@ -641,3 +647,76 @@ def pytest_terminal_summary(terminalreporter):
         tr.write_line("lab %s: %d faults tried, %d survived%s" % (
             lab, tried, len(survived),
             "; lost: " + ", ".join(entry["failed"]) if entry["failed"] else ""))
+
+
+def none_arrive(receivers, within=1.0):
+    """No receiver prints a line within `within` seconds (all waited out together)."""
+    for i, receiver in enumerate(receivers):
+        receiver.no_line(within if i == 0 else 0.05)
+
+
+class Stalled:
+    """A lab program whose stdout is a pipe that nobody reads after its first line: once
+    the pipe's 64 KiB are full, each of its writes blocks."""
+
+    def __init__(self, path, *args):
+        self.out, write_end = os.pipe()
+        self.proc = subprocess.Popen([str(path), *args], stdin=subprocess.DEVNULL,
+                                     stdout=write_end, stderr=subprocess.PIPE,
+                                     start_new_session=True)
+        os.close(write_end)
+        self.stderr = b""
+
+    def first_line(self, timeout: float = 10.0) -> bytes:
+        line = b""
+        deadline = time.monotonic() + timeout
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            assert left > 0 and select.select([self.out], [], [], left)[0], "no first line"
+            byte = os.read(self.out, 1)
+            assert byte, "output ended before a first line"
+            line += byte
+        return line[:-1]
+
+    def unread(self) -> int:
+        """Bytes in the pipe that nobody has read."""
+        return struct.unpack("i", fcntl.ioctl(self.out, termios.FIONREAD, b"\0" * 4))[0]
+
+    def stops_in_time(self, signo=signal.SIGTERM) -> None:
+        """Sends `signo`; the program must exit 0 within STOP_WITHIN seconds."""
+        began = time.monotonic()
+        self.proc.send_signal(signo)
+        try:
+            status = self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("still running 10 s after %s" % signo.name) from None
+        took = time.monotonic() - began
+        assert status == 0, "exit status %d" % status
+        assert took < STOP_WITHIN, "stopped after %.1fs" % took
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
+        self.stderr = self.proc.stderr.read()
+        self.proc.stderr.close()
+        os.close(self.out)
+
+
+@pytest.fixture
+def stalled(lab):
+    """Starts programs as Stalled; stops them (SIGKILL) and checks their stderr for a
+    sanitizer report when the test ends."""
+    started = []
+
+    def start(prog, *args):
+        started.append(Stalled(lab.path(prog), *args))
+        return started[-1]
+
+    yield start
+    for program in started:
+        program.close()
+    reports = [p.stderr.decode(errors="replace") for p in started
+               if any(marker in p.stderr for marker in SANITIZER_REPORTS)]
+    if reports:
+        pytest.fail("sanitizer report:\n" + "\n".join(reports), pytrace=False)

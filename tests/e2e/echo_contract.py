@@ -30,16 +30,15 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from conftest import (connect, cpu_seconds, exchange, needs_ipv6, open_fds,
+from conftest import (STOP_WITHIN, connect, cpu_seconds, exchange, needs_ipv6, open_fds,
                       process_state, read_to_end, recv_exactly, roundtrip, rss_kib, sanitized,
                       wait_until)
-from faults import (BUSY, MIB, STREAM_FAULTS, echoes, fault_many_resets_at_once, fault_name,
-                    fault_max_buffer_in_one_burst, more_clients_than_the_limit, reset,
+from faults import (BUSY, MIB, STREAM_FAULTS, echoes, fault_many_resets_at_once,
+                    fault_max_buffer_in_one_burst, fault_name, more_clients_than_the_limit, reset,
                     stuff_without_reading, survive)
 
 SIGNALS = pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT],
                                   ids=["SIGTERM", "SIGINT"])
-STOP_WITHIN = 3.0  # the program has one second; the rest is the machine's load
 LINE_16_MIB = b"x" * (16 << 20) + b"\n"
 
 

@@ -15,11 +15,13 @@ every server promises whatever its peers do: it keeps serving, and what the faul
 """
 
 import array
+import contextlib
 import os
 import select
 import signal
 import socket
 import struct
+import threading
 import time
 
 import pytest
@@ -451,3 +453,43 @@ def receiver_fault_many_source_ports(receiver, send):
 RECEIVER_FAULTS = [receiver_fault_random_bytes, receiver_fault_empty, receiver_fault_nul_bytes,
                    receiver_fault_largest, receiver_fault_oversized,
                    receiver_fault_many_source_ports]
+
+
+# ------------------------------------------------------------ floods of datagrams
+
+def udp_rx_queue(port: int) -> int:
+    """Bytes waiting in the receive queues of the UDP sockets bound to `port`, from
+    /proc/net/udp: what the receivers have not taken yet."""
+    total = 0
+    with open("/proc/net/udp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                total += int(fields[4].split(":")[1], 16)
+    return total
+
+
+@contextlib.contextmanager
+def flooding(port: int, to: str, pause_every: int = 0):
+    """Datagrams of 1000 bytes to `to`:`port` (a broadcast or a group address) from a
+    thread, as fast as Python sends them (or with a millisecond's pause after every
+    `pause_every`), until the block ends."""
+    done, sent = threading.Event(), [0]
+
+    def pump():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+            while not done.is_set():
+                s.sendto(b"f" * 1000, (to, port))
+                sent[0] += 1
+                if pause_every and sent[0] % pause_every == 0:
+                    time.sleep(0.001)  # the pace of the flood, not a wait for anything
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    try:
+        yield sent
+    finally:
+        done.set()
+        thread.join(10)

@@ -8,7 +8,6 @@ server is doing, and the stop-and-wait client that reads while it writes.
 
 import os
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -18,9 +17,9 @@ import time
 
 import pytest
 
-from conftest import (Program, connect, cpu_seconds, exchange, lab_of, needs_ipv6,
+from conftest import (STOP_WITHIN, Program, connect, cpu_seconds, exchange, lab_of, needs_ipv6,
                       process_state, program_path, wait_until)
-from echo_contract import EchoLab, echo_contract
+from echo_contract import LINE_16_MIB, EchoLab, echo_contract, nofile, stops_in_time
 from faults import STREAM_FAULTS, echoes, fault_name, fault_queue_of_clients_that_left, survive
 
 LAB = EchoLab(
@@ -44,23 +43,6 @@ LAB = EchoLab(
     ],
 )
 globals().update(echo_contract(LAB))
-
-LINE_16_MIB = b"x" * (16 << 20) + b"\n"
-STOP_WITHIN = 3.0  # the program has one second; the rest is the machine's load
-
-
-def nofile(limit):
-    """A preexec function: the program starts with only `limit` descriptors."""
-    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-
-
-def stops_in_time(program, signo=signal.SIGTERM) -> float:
-    """Sends `signo`, checks the exit status 0, and returns how long the exit took."""
-    began = time.monotonic()
-    assert program.stop(signo, timeout=10) == 0, program.describe()
-    took = time.monotonic() - began
-    assert took < STOP_WITHIN, "stopped after %.1fs" % took
-    return took
 
 
 def silent_listener():

@@ -8,7 +8,6 @@ a reader.
 
 import os
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -18,9 +17,9 @@ import time
 
 import pytest
 
-from conftest import (children_of, connect, cpu_seconds, exchange, group_alive, open_fds,
-                      process_state, recv_exactly, wait_until)
-from echo_contract import EchoLab, echo_contract
+from conftest import (STOP_WITHIN, children_of, connect, cpu_seconds, exchange, group_alive,
+                      open_fds, process_state, recv_exactly, wait_until)
+from echo_contract import LINE_16_MIB, EchoLab, echo_contract, nofile, stops_in_time
 from faults import STREAM_FAULTS, echoes, fault_name, more_clients_than_the_limit, survive
 
 LAB = EchoLab(
@@ -227,22 +226,6 @@ def test_sigterm_right_after_a_client_leaves(start):
 
 
 # ----------------------------------------------------------------- more stopping
-
-STOP_WITHIN = 3.0  # the program has one second; the rest is the machine's load
-LINE_16_MIB = b"x" * (16 << 20) + b"\n"
-
-
-def nofile(limit):
-    """A preexec function: the program starts with only `limit` descriptors."""
-    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-
-
-def stops_in_time(program, signo=signal.SIGTERM) -> None:
-    """Sends `signo`; checks the exit status 0 within STOP_WITHIN seconds."""
-    began = time.monotonic()
-    assert program.stop(signo, timeout=10) == 0, program.describe()
-    took = time.monotonic() - began
-    assert took < STOP_WITHIN, "stopped after %.1fs" % took
 
 
 def in_time_wait(port: int) -> bool:

@@ -20,8 +20,8 @@ import time
 
 import pytest
 
-from conftest import (connect, cpu_seconds, exchange, open_fds, read_to_end, recv_exactly,
-                      sanitized, thread_count, wait_until)
+from conftest import (STOP_WITHIN, connect, cpu_seconds, exchange, open_fds, read_to_end,
+                      recv_exactly, sanitized, thread_count, wait_until)
 from echo_contract import EchoLab, echo_contract, nofile
 from faults import (BUSY, MIB, STREAM_FAULTS, echoes, fault_name, more_clients_than_the_limit,
                     stuff_without_reading, survive)
@@ -45,8 +45,6 @@ LAB = EchoLab(
     ],
 )
 globals().update(echo_contract(LAB))
-
-STOP_WITHIN = 3.0  # seconds; the program's own promise is one, the rest is a loaded machine
 
 
 def workers(pid: int, name: str = "worker") -> int:

@@ -20,8 +20,8 @@ import time
 
 import pytest
 
-from conftest import (connect, cpu_seconds, open_fds, process_state, read_to_end,
-                      recv_exactly, rss_kib, wait_until)
+from conftest import (connect, cpu_seconds, open_fds, process_state, read_to_end, recv_exactly,
+                      rss_kib, wait_until)
 from echo_contract import STOP_WITHIN, EchoLab, echo_contract, nofile, one_shot_server, peer_of
 from faults import echoes, stuff_without_reading
 

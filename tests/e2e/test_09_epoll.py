@@ -21,8 +21,8 @@ import time
 
 import pytest
 
-from conftest import (Program, connect, exchange, needs_ipv6, open_fds, process_state,
-                      program_path, read_to_end, recv_exactly, rss_kib, wait_until)
+from conftest import (Program, connect, exchange, needs_ipv6, open_fds, process_state, program_path,
+                      read_to_end, recv_exactly, rss_kib, wait_until)
 from echo_contract import EchoLab, echo_contract, flood, one_shot_server
 from faults import echoes
 

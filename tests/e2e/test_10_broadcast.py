@@ -6,25 +6,18 @@ that scripts/netlab creates and always removes) to show that a broadcast reaches
 host of the sender's subnet and none beyond its router.
 """
 
-import contextlib
-import fcntl
 import os
-import select
 import signal
 import socket
-import struct
 import subprocess
-import termios
-import threading
 import time
 
 import pytest
 
-from conftest import NETLAB, SANITIZER_REPORTS, Netlab, needs_root, wait_until
-from faults import RECEIVER_FAULTS, fault_name, fault_stray_signals, survive
+from conftest import NETLAB, STOP_WITHIN, Netlab, needs_root, none_arrive, wait_until
+from faults import RECEIVER_FAULTS, fault_name, fault_stray_signals, flooding, survive, udp_rx_queue
 
 FAST = ("--interval", "50")  # milliseconds between datagrams, so that tests stay quick
-STOP_WITHIN = 3.0  # the program has one second; the rest is the machine's load
 
 
 def send(run, port, *extra, count=3):
@@ -45,119 +38,13 @@ def expect_broadcasts(receiver, count=3):
         assert receiver.read_line(timeout=5) == b"broadcast %d" % n
 
 
-def none_arrive(receivers, within=1.0):
-    """No receiver prints a line within `within` seconds (all waited out together)."""
-    for i, receiver in enumerate(receivers):
-        receiver.no_line(within if i == 0 else 0.05)
-
-
 def python_sender(payload: bytes, port: int, to="127.255.255.255"):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         s.sendto(payload, (to, port))
 
 
-def udp_rx_queue(port: int) -> int:
-    """Bytes waiting in the receive queues of the UDP sockets bound to `port`, from
-    /proc/net/udp: what the receivers have not taken yet."""
-    total = 0
-    with open("/proc/net/udp") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port:
-                total += int(fields[4].split(":")[1], 16)
-    return total
 
-
-@contextlib.contextmanager
-def flooding(port: int, pause_every: int = 0):
-    """Broadcasts of 1000 bytes to `port` from a thread, as fast as Python sends them (or
-    with a millisecond's pause after every `pause_every`), until the block ends."""
-    done, sent = threading.Event(), [0]
-
-    def pump():
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-            while not done.is_set():
-                s.sendto(b"f" * 1000, ("127.255.255.255", port))
-                sent[0] += 1
-                if pause_every and sent[0] % pause_every == 0:
-                    time.sleep(0.001)  # the pace of the flood, not a wait for anything
-
-    thread = threading.Thread(target=pump, daemon=True)
-    thread.start()
-    try:
-        yield sent
-    finally:
-        done.set()
-        thread.join(10)
-
-
-class Stalled:
-    """A lab program whose stdout is a pipe that nobody reads after its first line: once
-    the pipe's 64 KiB are full, each of its writes blocks."""
-
-    def __init__(self, path, *args):
-        self.out, write_end = os.pipe()
-        self.proc = subprocess.Popen([str(path), *args], stdin=subprocess.DEVNULL,
-                                     stdout=write_end, stderr=subprocess.PIPE,
-                                     start_new_session=True)
-        os.close(write_end)
-        self.stderr = b""
-
-    def first_line(self, timeout: float = 10.0) -> bytes:
-        line = b""
-        deadline = time.monotonic() + timeout
-        while not line.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            assert left > 0 and select.select([self.out], [], [], left)[0], "no first line"
-            byte = os.read(self.out, 1)
-            assert byte, "output ended before a first line"
-            line += byte
-        return line[:-1]
-
-    def unread(self) -> int:
-        """Bytes in the pipe that nobody has read."""
-        return struct.unpack("i", fcntl.ioctl(self.out, termios.FIONREAD, b"\0" * 4))[0]
-
-    def stops_in_time(self, signo=signal.SIGTERM) -> None:
-        """Sends `signo`; the program must exit 0 within STOP_WITHIN seconds."""
-        began = time.monotonic()
-        self.proc.send_signal(signo)
-        try:
-            status = self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("still running 10 s after %s" % signo.name) from None
-        took = time.monotonic() - began
-        assert status == 0, "exit status %d" % status
-        assert took < STOP_WITHIN, "stopped after %.1fs" % took
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(5)
-        self.stderr = self.proc.stderr.read()
-        self.proc.stderr.close()
-        os.close(self.out)
-
-
-@pytest.fixture
-def stalled(lab):
-    """Starts programs as Stalled; stops them (SIGKILL) and checks their stderr for a
-    sanitizer report when the test ends."""
-    started = []
-
-    def start(prog, *args):
-        started.append(Stalled(lab.path(prog), *args))
-        return started[-1]
-
-    yield start
-    for program in started:
-        program.close()
-    reports = [p.stderr.decode(errors="replace") for p in started
-               if any(marker in p.stderr for marker in SANITIZER_REPORTS)]
-    if reports:
-        pytest.fail("sanitizer report:\n" + "\n".join(reports), pytrace=False)
 
 
 # ----------------------------------------------------------------- the normal path
@@ -338,7 +225,7 @@ def test_receiver_stops_while_flooded(start):
     SIGTERM still ends the receiver within a second, status 0. The loop looks at the stop
     flag every time round, not only when a wait is interrupted."""
     receiver = start("client", "--port", "0")
-    with flooding(receiver.port):
+    with flooding(receiver.port, "127.255.255.255"):
         wait_until(lambda: len(receiver.stdout_lines) > 1000, timeout=10,
                    what="a thousand datagrams printed")
         began = time.monotonic()
@@ -353,7 +240,7 @@ def test_receiver_stops_while_its_stdout_is_full(stalled):
     stopped here: its socket is always readable.)"""
     receiver = stalled("client", "--port", "0")
     port = int(receiver.first_line().rsplit(b":", 1)[1])
-    with flooding(port, pause_every=10):
+    with flooding(port, "127.255.255.255", pause_every=10):
         wait_until(lambda: receiver.unread() > 60000 and udp_rx_queue(port) > 0, timeout=10,
                    what="the pipe full and datagrams queued")
         receiver.stops_in_time(signal.SIGTERM)

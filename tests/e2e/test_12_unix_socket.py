@@ -19,19 +19,18 @@ import uuid
 
 import pytest
 
-from conftest import (SANITIZER_REPORTS, Address, connect, cpu_seconds, exchange, needs_root,
-                      process_state, program_path, read_to_end, recv_exactly, wait_until)
+from conftest import (SANITIZER_REPORTS, STOP_WITHIN, Address, connect, cpu_seconds, exchange,
+                      needs_root, process_state, program_path, read_to_end, recv_exactly,
+                      wait_until)
 from echo_contract import EchoLab, echo_contract, nofile
 from faults import (DGRAM_FAULTS, MIB, STREAM_FAULTS, dgram_echoes, dgram_fault_never_reads,
-                    dgram_fault_oversized, dgram_fault_unbound_sender,
-                    dgram_fault_vanished_senders, echoes, fault_descriptor_then_vanish,
-                    fault_name, fault_never_reads, fault_pipe_descriptor,
-                    fault_queue_of_clients_that_left, fault_too_many_descriptors, send_fds,
-                    survive)
+                    dgram_fault_oversized, dgram_fault_unbound_sender, dgram_fault_vanished_senders,
+                    echoes, fault_descriptor_then_vanish, fault_name, fault_never_reads,
+                    fault_pipe_descriptor, fault_queue_of_clients_that_left,
+                    fault_too_many_descriptors, send_fds, survive)
 
 MAX_NAME = 107  # sun_path is 108 bytes; a path needs its NUL, an abstract name its lead NUL
 MAX_DATAGRAM = 65536  # the server's kBufferSize
-STOP_WITHIN = 3.0  # seconds a test allows for a stop (the program's own promise is one)
 AUTOBOUND = rb"@[0-9a-f]{5}"  # the name Linux gives a socket bound to no name (autobind)
 
 LAB = EchoLab(

@@ -15,10 +15,9 @@ import time
 
 import pytest
 
-from conftest import BIN, Program, needs_ipv6, program_path, udp_socket
+from conftest import BIN, STOP_WITHIN, Program, needs_ipv6, program_path, udp_socket
 
 IMPAIR = BIN / "tools" / "impair"
-STOP_WITHIN = 3.0  # the relay has one second; the rest is the machine's load
 DECISION = re.compile(rb"^#(\d+) (\S+) -> (\S+): (\d+) bytes: (.*)$")
 
 
