@@ -13,6 +13,8 @@ moves bytes on one connection is folded into one row (timeline.txt has every eve
 
 from __future__ import annotations
 
+import re
+
 import matplotlib  # scripts/trace points MPLCONFIGDIR (its font cache) into build/trace
 
 matplotlib.use("Agg")
@@ -32,6 +34,7 @@ X = {"client": 0.0, "relay": 0.5, "server": 1.0}
 COLOURS = {"client": "#1f5fa8", "server": "#2e7d32", "relay": "#6a1b9a", "packet": "#555555",
            "SYN": "#e65100", "FIN": "#6a1b9a", "RST": "#c62828", "ICMP": "#c62828",
            "IGMP": "#00838f", "MLD": "#00838f", "error": "#c62828", "unix": "#8d6e63"}
+PAYLOAD = re.compile(r'"((?:[^"\\]|\\.)*)"')  # the first bytes strace shows of a call
 POLLS = {"select", "pselect6", "poll", "ppoll", "epoll_wait", "epoll_pwait", "epoll_pwait2"}
 
 
@@ -177,7 +180,7 @@ def draw(events: list[Event], title: str, notes: list[str], svg, png) -> None:
                 unix_sends.append((ev, row))
             elif ev.call in ("read", "readv", "recvfrom", "recvmsg"):
                 for n, (sent, sent_row) in enumerate(unix_sends):
-                    if sent.who != ev.who:
+                    if sent.who != ev.who and same_bytes(sent, ev):
                         draw_unix(ax, sent, sent_row, ev, row)
                         del unix_sends[n]
                         break
@@ -199,6 +202,17 @@ def draw_packet(ax, ev: Event, row: int) -> None:
     ax.plot([b], [row + 0.5], ls="none", marker=">" if b > a else "<", ms=4, color=colour)
     ax.text((a + b) / 2, row + 0.12, short(ev.label, 40), ha="center", va="bottom",
             fontsize=6.5, color=colour)
+
+
+def same_bytes(sent: Event, got: Event) -> bool:
+    """Whether a read took what a write sent: the bytes strace shows of both begin alike.
+    A write to a peer that is not traced (nc -U, socat) is never read by a traced program,
+    and must not be paired with the next read that happens to come."""
+    a, b = PAYLOAD.search(sent.text), PAYLOAD.search(got.text)
+    if not a or not b:
+        return True  # nothing shown to compare: the first later read is the best guess
+    a, b = a.group(1).removesuffix("..."), b.group(1).removesuffix("...")
+    return a.startswith(b) or b.startswith(a)
 
 
 def draw_unix(ax, sent: Event, sent_row: int, got: Event, got_row: int) -> None:
