@@ -162,8 +162,8 @@ def draw(events: list[Event], title: str, notes: list[str], svg, png) -> None:
             began = waiting.pop((ev.pid, ev.call, ev.fd))
             ax.add_patch(plt.Rectangle((x - 0.008, began), 0.016, row - began,
                                        color=COLOURS.get(ev.who, "#999999"), alpha=0.25, lw=0))
-            label = "%s returns %s" % (ev.call, ev.label.split(") ", 1)[-1]) \
-                if row - began > 1 else label
+            label = ("[%d] " % ev.pid if ev.tag else "") + "%s returns %s" % (
+                ev.call, ev.label.split(") ", 1)[-1]) if row - began > 1 else label
         dots.setdefault(colour_of(ev), ([], []))[0].append(x)
         dots[colour_of(ev)][1].append(row)
         if ev.who == "relay":
