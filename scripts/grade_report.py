@@ -90,8 +90,7 @@ def _programs(item):
             argv = [os.path.basename(str(p.argv[0]))] + [str(a) for a in p.argv[1:]]
             status = p.proc.poll()
             if status is not None:  # it has exited: let the harness read all it wrote
-                for reader in getattr(p, "_readers", []):
-                    reader.join(1.0)
+                p.drain(1.0)
             tail = p.stderr[-1500:]
         except Exception:  # the harness changed shape: report without it
             continue

@@ -163,6 +163,12 @@ class Program:
         for chunk in iter(lambda: self.proc.stderr.read1(65536), b""):
             self._stderr += chunk
 
+    def drain(self, timeout: float = 2.0) -> None:
+        """Waits (at most `timeout` each) for the threads that read its output, so that
+        stdout_lines and stderr hold everything a program that has exited wrote."""
+        for t in self._readers:
+            t.join(timeout=timeout)
+
     # -- output
 
     @property
@@ -259,8 +265,7 @@ class Program:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             raise AssertionError("still running after %.1fs: %s" % (timeout, self.describe()))
-        for t in self._readers:
-            t.join(timeout=2)
+        self.drain()
         return rc
 
     def stop(self, signo=signal.SIGTERM, timeout: float = 5.0) -> int:
@@ -348,8 +353,7 @@ class Lab:
                 except subprocess.TimeoutExpired:
                     pass
             p.kill_group()  # children of a forking server too
-            for t in p._readers:
-                t.join(timeout=2)
+            p.drain()
             report = p.sanitizer_report()
             if report:
                 reports.append("%s:\n%s" % (" ".join(p.argv), report))

@@ -297,26 +297,6 @@ def fault_descriptor_then_vanish(server):
     os.close(fd)
 
 
-def fault_full_backlog(server):
-    """More clients than the listen queue holds behind a silent one: a Unix connect() to a
-    full queue fails with EAGAIN, where a TCP SYN would wait."""
-    silent = connect(server.address)
-    queued, refused = [], 0
-    for _ in range(60):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.setblocking(False)
-        try:
-            s.connect(server.sockaddr)
-            queued.append(s)
-        except BlockingIOError:
-            refused += 1
-            s.close()
-    assert refused > 0 and len(queued) >= 16, (refused, len(queued))
-    for s in queued:
-        s.close()
-    return [silent]
-
-
 # ------------------------------------------- datagram peers of an echo server (any family)
 
 def dgram_peer(server, timeout: float = 5.0) -> socket.socket:
