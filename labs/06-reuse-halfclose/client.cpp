@@ -59,18 +59,24 @@ int main(int argc, char** argv) {
         server_text + " took or sent nothing for " + lab::seconds_text(timeout);
 
     // 3. Send everything, in chunks: bytes, not lines.
-    const long long sent = send_input(sock.get());
-    const int send_error = errno;
-    if (sent < 0 && send_error == EAGAIN) lab::fatal(silent);
+    long long sent = send_input(sock.get());
+    const char* failed = "write";  // the call that failed, if one did
+    int error = errno;
+    if (sent < 0 && error == EAGAIN) lab::fatal(silent);
     // 4. shutdown(SHUT_WR): "that was all". Our FIN goes out; reading still works. (After a
-    //    failed write there is no "all": the server has closed, and may have said why.)
+    //    failed write there is no "all": the server has closed, and may have said why. A
+    //    server that reset the connection makes shutdown() fail too: the same.)
     // TASK 06.half-close
-    if (sent >= 0 && shutdown(sock.get(), SHUT_WR) == -1) lab::die("shutdown", server_text);
+    if (sent >= 0 && shutdown(sock.get(), SHUT_WR) == -1) {
+        error = errno;
+        failed = "shutdown";
+        sent = -1;
+    }
     // END TASK
     // 5. Read the reply until the server's FIN.
     const long long received = print_reply(sock.get());
     if (lab::stop_requested()) return lab::kExitFailure;  // stopped before the end
-    if (sent < 0) lab::die("write", server_text, send_error);  // the reply first, then why
+    if (sent < 0) lab::die(failed, server_text, error);   // the reply first, then why
     if (received < 0 && errno == EAGAIN) lab::fatal(silent);
     if (received < 0) lab::die("read", server_text);
     if (received != sent) {

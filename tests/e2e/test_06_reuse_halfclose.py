@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -429,6 +430,37 @@ def test_client_timeout_against_a_silent_server(lab):
     assert result.stdout == b""
     assert result.stderr == "client: 127.0.0.1:%d took or sent nothing for 1s\n" % port
     assert 1 <= took < 10, took
+
+
+def test_client_prints_the_reply_when_its_shutdown_fails(lab):
+    """A server that answers the first bytes and resets the connection (SO_LINGER 0) while
+    the client's input is still open: the client's shutdown() then fails, since there is no
+    connection left to half-close. It still prints the reply that came before the reset,
+    then says which call failed, status 1."""
+    with silent_server() as listener:
+        port = listener.getsockname()[1]
+        client = lab.start("client", "--port", str(port), ready=False)
+        client.write(b"may I?\n")
+        conn, peer = listener.accept()
+        with conn:
+            assert recv_exactly(conn, 7) == b"may I?\n"
+            conn.sendall(b"no thanks\n")
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # The reset has reached the client's socket once it has left the kernel's table.
+        wait_until(lambda: not tcp_connection_exists(peer[1]), what="the client's end reset")
+        client.close_stdin()
+        assert client.wait(10) == 1
+    assert client.stdout_lines == [b"no thanks"]
+    assert re.fullmatch(r"client: shutdown 127\.0\.0\.1:%d: (Transport endpoint is not "
+                        r"connected|Connection reset by peer)\n" % port, client.stderr), \
+        client.stderr
+
+
+def tcp_connection_exists(local_port: int) -> bool:
+    """Whether /proc/net/tcp lists a socket with local port `local_port`."""
+    with open("/proc/net/tcp") as f:
+        return any(int(line.split()[1].rsplit(":", 1)[1], 16) == local_port
+                   for line in f.readlines()[1:])
 
 
 @pytest.mark.parametrize("signo", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
