@@ -214,3 +214,25 @@ def test_your_turn_lists_every_task(lab):
     stale = [i for i in in_handout if i not in in_code]
     assert not missing, "tasks without an entry in 'Your turn': %s" % missing
     assert not stale, "'Your turn' entries for tasks the code does not have: %s" % stale
+
+
+STEP = re.compile(r"//\s+(\d+)\.\s")  # "// 4. select() ..." or "...;  // 5. accept()"
+MORE_STEPS = re.compile(r"\band (\d+)\.\s")  # "// 2. bind() and 3. listen()"
+
+
+@pytest.mark.parametrize("lab", lab_params())
+def test_steps_run_forward_in_every_file(lab):
+    """The numbered steps of each program appear in increasing order, top to bottom, so
+    that the file reads in the order of the handout's walk-through."""
+    for path in sorted((REPO / "labs" / lab).iterdir()):
+        if path.suffix not in (".cpp", ".hpp"):
+            continue
+        steps = []
+        for number, line in enumerate(path.read_text().split("\n"), 1):
+            found = STEP.search(line)
+            if found:
+                rest = line[found.end():]
+                steps += [(int(n), number) for n in [found.group(1)] + MORE_STEPS.findall(rest)]
+        for (a, at_a), (b, at_b) in zip(steps, steps[1:]):
+            assert b > a, "%s: step %d (line %d) after step %d (line %d)" % (
+                path.relative_to(REPO), b, at_b, a, at_a)
