@@ -880,6 +880,7 @@ def flood(server, clients=4):
     def end():
         done.set()
         for s in socks:
+            shut(s)  # wakes a thread blocked in sendall() or recv() on it, as close() does not
             s.close()
         for t in threads:
             t.join(10)
@@ -917,6 +918,7 @@ def slow_reader(server):
         yield received
     finally:
         stop.set()
+        shut(s)
         s.close()
         for t in threads:
             t.join(10)
@@ -941,3 +943,11 @@ def one_shot_server(behave):
     t = threading.Thread(target=serve_one, daemon=True)
     t.start()
     return port, lambda: t.join(10)
+
+
+def shut(sock) -> None:
+    """shutdown(SHUT_RDWR), which ends the calls other threads are blocked in on `sock`."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # not connected any more

@@ -19,7 +19,8 @@ import pytest
 
 from conftest import (STOP_WITHIN, Program, connect, cpu_seconds, exchange, lab_of, needs_ipv6,
                       process_state, program_path, wait_until)
-from echo_contract import LINE_16_MIB, EchoLab, echo_contract, nofile, stops_in_time
+from echo_contract import (LINE_16_MIB, EchoLab, echo_contract, flood, nofile, slow_reader,
+                           stops_in_time)
 from faults import STREAM_FAULTS, echoes, fault_name, fault_queue_of_clients_that_left, survive
 
 LAB = EchoLab(
@@ -224,44 +225,12 @@ def test_restart_at_once_after_closing_first(start):
 
 # ----------------------------------------------------------------- stopping
 
-def flood(server):
-    """Starts a client that writes as fast as it can and reads everything back, each in a
-    thread of its own; returns (bytes echoed so far, a function that ends the flood)."""
-    s = connect(server.address, timeout=10)
-    done, echoed = threading.Event(), [0]
-
-    def write():
-        chunk = b"f" * 65536
-        try:
-            while not done.is_set():
-                s.sendall(chunk)
-        except OSError:
-            pass  # the server has gone
-
-    def read():
-        try:
-            while piece := s.recv(65536):
-                echoed[0] += len(piece)
-        except OSError:
-            pass
-
-    threads = [threading.Thread(target=f, daemon=True) for f in (write, read)]
-    for t in threads:
-        t.start()
-
-    def end():
-        done.set()
-        s.close()
-        for t in threads:
-            t.join(10)
-    return echoed, end
-
 
 def test_stop_while_flooded(start):
     """A client that writes and reads as fast as it can keeps the server always busy;
     SIGTERM still ends it, with status 0, within a second."""
     server = start("server", "--port", "0", "--quiet")
-    echoed, end = flood(server)
+    echoed, end = flood(server, clients=1)
     try:
         wait_until(lambda: echoed[0] > 4 << 20, timeout=10, what="4 MiB echoed")
         stops_in_time(server)
@@ -273,32 +242,9 @@ def test_stop_while_writing_to_a_slow_reader(start):
     """A client sends 8 MiB and reads 4 KiB every 50 ms: the server is always in the
     middle of a write. SIGTERM still ends it within a second, status 0."""
     server = start("server", "--port", "0", "--quiet")
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect(server.sockaddr)
-    s.settimeout(10)
-    stop = threading.Event()
-
-    def slow_read():
-        try:
-            while not stop.is_set() and s.recv(4096):
-                time.sleep(0.05)  # the pace of a slow reader
-        except OSError:
-            pass
-
-    reader = threading.Thread(target=slow_read, daemon=True)
-    reader.start()
-    try:
-        s.sendall(b"s" * (8 << 20))
-    except OSError:
-        pass
-    try:
+    with slow_reader(server):
         wait_until(lambda: process_state(server.pid) == "S", what="the server blocked writing")
         stops_in_time(server)
-    finally:
-        stop.set()
-        s.close()
-        reader.join(10)
 
 
 def test_out_of_descriptors_neither_spins_nor_ignores_sigterm(start):

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import (STOP_WITHIN, children_of, connect, cpu_seconds, exchange, group_alive,
                       open_fds, process_state, recv_exactly, wait_until)
-from echo_contract import LINE_16_MIB, EchoLab, echo_contract, nofile, stops_in_time
+from echo_contract import LINE_16_MIB, EchoLab, echo_contract, nofile, slow_reader, stops_in_time
 from faults import STREAM_FAULTS, echoes, fault_name, more_clients_than_the_limit, survive
 
 LAB = EchoLab(
@@ -292,34 +292,11 @@ def test_stop_while_a_child_writes_to_a_slow_reader(start):
     of a write. SIGTERM to the parent still ends parent and child within a second, exit 0,
     the child with status 0 (its own 50 ms alarm interrupts the write)."""
     server = start("server", "--port", "0", "--quiet")
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect(server.sockaddr)
-    s.settimeout(10)
-    stop = threading.Event()
-
-    def slow_read():
-        try:
-            while not stop.is_set() and s.recv(4096):
-                time.sleep(0.05)  # the pace of a slow reader
-        except OSError:
-            pass
-
-    reader = threading.Thread(target=slow_read, daemon=True)
-    reader.start()
-    try:
-        s.sendall(b"s" * (8 << 20))
-    except OSError:
-        pass
-    try:
+    with slow_reader(server):
         [child] = wait_until(lambda: live_children(server.pid), what="the child")
         wait_until(lambda: process_state(child) == "S", what="the child blocked writing")
         stops_in_time(server)
         assert group_alive(server.pid) == []
-    finally:
-        stop.set()
-        s.close()
-        reader.join(10)
 
 
 def test_stop_at_max_children(start):
