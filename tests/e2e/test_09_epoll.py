@@ -291,13 +291,21 @@ def test_client_escapes_what_it_shows(run):
 
 
 def test_client_told_server_busy(serve, run):
-    """--connections 3 to a server that takes two: the third connection gets "server busy"
-    instead of the echo, and the client says so (escaped), exit 1."""
+    """A server whose two places are held: each of the client's three connections gets
+    "server busy" instead of the echo, and the client says so (escaped), exit 1. (With
+    free places, which of its own connections is refused would depend on timing.)"""
     server = serve("--max-clients", "2")
-    result = run("client", "--port", str(server.port), "--connections", "3", input=b"hi\n")
-    assert result.returncode == 1, (result.stdout, result.stderr, server.describe())
-    assert 'sent back "server busy\\n": not an echo' in result.stderr, (result.stderr,
-                                                                      server.describe())
+    held = [connect(server.address) for _ in range(2)]
+    try:
+        for s in held:
+            assert exchange(s, b"in\n") == b"in\n"
+        result = run("client", "--port", str(server.port), "--connections", "3", input=b"hi\n")
+        assert result.returncode == 1, (result.stdout, result.stderr, server.describe())
+        assert result.stdout == b""
+        assert 'sent back "server busy\\n": not an echo' in result.stderr, result.stderr
+    finally:
+        for s in held:
+            s.close()
 
 
 def test_client_stays_small_while_the_server_does_not_read(start):
