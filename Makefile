@@ -50,9 +50,15 @@ ifeq ($(filter $(LAB_NUM)-%,$(LAB_DIRS)),)
 $(error no lab '$(LAB)': the labs are $(foreach d,$(LAB_DIRS),$(firstword $(subst -, ,$(d)))))
 endif
 endif
-# Every handout traced again (make test-trace) is too slow for make test.
-E2E_SELECT := -m "not handout_trace$(if $(LAB_NUM), and lab$(LAB_NUM))"
-PYTEST     := $(PYTHON) -m pytest -p no:cacheprovider
+# Every handout traced again (make test-trace) is too slow for make test. The tests spend
+# most of their time waiting (for timeouts, for programs to stop), so they run in
+# E2E_WORKERS processes at once (pytest-xdist), more than there are cores.
+E2E_WORKERS ?= 4
+E2E_SELECT := -m "not handout_trace$(if $(LAB_NUM), and lab$(LAB_NUM))" \
+              $(if $(filter-out 0 1,$(E2E_WORKERS)),-n $(E2E_WORKERS))
+# fault_summary (tests/e2e) prints the fault sweep's summary; a plugin given with -p, as the
+# tests run in pytest-xdist's workers and a conftest's hooks would not reach the summary.
+PYTEST     := PYTHONPATH=tests/e2e $(PYTHON) -m pytest -p no:cacheprovider -p fault_summary
 SAN_ENV    := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 \
               UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=86 \
               TSAN_OPTIONS=halt_on_error=1:exitcode=86:second_deadlock_stack=1

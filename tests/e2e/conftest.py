@@ -618,41 +618,6 @@ def netlab(request):
         net("down", check=False)  # even when up, or a test, failed
 
 
-# ----------------------------------------------------------------- fault sweep summary
-
-_fault_results: dict[str, dict[str, list[str]]] = {}
-
-
-def pytest_runtest_logreport(report):
-    """Remembers the outcome of every test marked `faults`, per lab."""
-    if "faults" not in report.keywords or report.when != "call" and not report.failed:
-        return
-    num = lab_of(report.nodeid.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py"))
-    lab = num or "other"
-    entry = _fault_results.setdefault(lab, {"passed": [], "failed": []})
-    name = report.nodeid.split("::", 1)[-1]
-    if report.failed:
-        if name not in entry["failed"]:
-            entry["failed"].append(name)
-    elif report.when == "call" and report.passed:
-        entry["passed"].append(name)
-
-
-def pytest_terminal_summary(terminalreporter):
-    """The fault sweep's summary: faults tried per lab, survived, and anything lost."""
-    if not _fault_results:
-        return
-    tr = terminalreporter
-    tr.section("fault sweep")
-    for lab in sorted(_fault_results):
-        entry = _fault_results[lab]
-        survived = [n for n in entry["passed"] if n not in entry["failed"]]
-        tried = len(survived) + len(entry["failed"])
-        tr.write_line("lab %s: %d faults tried, %d survived%s" % (
-            lab, tried, len(survived),
-            "; lost: " + ", ".join(entry["failed"]) if entry["failed"] else ""))
-
-
 def none_arrive(receivers, within=1.0):
     """No receiver prints a line within `within` seconds (all waited out together)."""
     for i, receiver in enumerate(receivers):
