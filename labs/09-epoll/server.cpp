@@ -1,7 +1,6 @@
 // 09-epoll server: TCP echo for thousands of clients in one thread, on epoll, level- or
 // edge-triggered (--mode lt|et). The lesson reads first; the defences follow it.
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -80,10 +79,8 @@ struct Server {
 int main(int argc, char** argv) {
     Server server;
     std::string mode = "lt";
-    rlimit fds{};  // the default --max-clients: what the descriptor limit leaves room for
-    getrlimit(RLIMIT_NOFILE, &fds);
-    server.max_clients = std::max<long long>(
-        1, static_cast<long long>(std::min<rlim_t>(fds.rlim_cur, kMaxClientsLimit)) - kReservedFds);
+    const long long open_max = sysconf(_SC_OPEN_MAX);  // the descriptor limit (ulimit -n)
+    server.max_clients = std::clamp(open_max - kReservedFds, 1LL, kMaxClientsLimit);
     lab::Args args(kUsage);
     args.host_port("127.0.0.1", kDefaultPort, lab::Positionals::kPort);
     args.option("--mode", &mode);
