@@ -447,7 +447,8 @@ def test_client_prints_the_reply_when_its_shutdown_fails(lab):
             conn.sendall(b"no thanks\n")
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         # The reset has reached the client's socket once it has left the kernel's table.
-        wait_until(lambda: not tcp_connection_exists(peer[1]), what="the client's end reset")
+        wait_until(lambda: not tcp_connection_exists(peer[1], port),
+                   what="the client's end reset")
         client.close_stdin()
         assert client.wait(10) == 1
     assert client.stdout_lines == [b"no thanks"]
@@ -456,11 +457,13 @@ def test_client_prints_the_reply_when_its_shutdown_fails(lab):
         client.stderr
 
 
-def tcp_connection_exists(local_port: int) -> bool:
-    """Whether /proc/net/tcp lists a socket with local port `local_port`."""
+def tcp_connection_exists(local_port: int, remote_port: int) -> bool:
+    """Whether /proc/net/tcp lists a connection from `local_port` to `remote_port` (both
+    ports: another test's socket may have the same local port, towards elsewhere)."""
     with open("/proc/net/tcp") as f:
-        return any(int(line.split()[1].rsplit(":", 1)[1], 16) == local_port
-                   for line in f.readlines()[1:])
+        return any(int(fields[1].rsplit(":", 1)[1], 16) == local_port and
+                   int(fields[2].rsplit(":", 1)[1], 16) == remote_port
+                   for fields in (line.split() for line in f.readlines()[1:]))
 
 
 @pytest.mark.parametrize("signo", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
