@@ -11,6 +11,8 @@
 #include <utility>
 #include <vector>
 
+#include "common/io.hpp"
+
 class IdleList {
   public:
     // `fd` was active: it goes to the back of the list, due at `deadline`.
@@ -35,6 +37,10 @@ class IdleList {
     [[nodiscard]] int oldest() const { return oldest_; }
     [[nodiscard]] double deadline(int fd) const {
         return links_[static_cast<std::size_t>(fd)].deadline;
+    }
+    // How long a wait may sleep at `now`: until the first deadline, -1 (for ever) with none.
+    [[nodiscard]] int milliseconds_left(double now) const {
+        return oldest_ == -1 ? -1 : lab::to_milliseconds(deadline(oldest_) - now);
     }
 
   private:

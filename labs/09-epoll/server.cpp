@@ -1,5 +1,4 @@
-// 09-epoll server: TCP echo for thousands of clients in one thread, on epoll, level- or
-// edge-triggered (--mode lt|et). The lesson reads first; the defences follow it.
+// 09-epoll server: TCP echo for thousands of clients in one thread, on epoll (--mode lt|et).
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -41,13 +40,14 @@ TCP echo server: one thread, epoll, thousands of clients at once.
       --quiet                 no log line per event
 )";
 
-// One connection, in a table indexed by its descriptor number: 32 bytes while idle.
+// One connection, in a table indexed by its descriptor number: 64 bytes while idle.
 struct Client {
     lab::Fd fd;                        // closing it also takes it out of the interest list
     std::uint32_t events = 0;          // what epoll reports for it (LT changes it)
     std::unique_ptr<std::string> out;  // echo not yet taken by the peer, only while some waits
     std::uint64_t bytes = 0;           // received in all
     bool eof = false;                  // FIN: echo the rest, then close
+    std::string peer;                  // "127.0.0.1:50312", for the log
 };
 
 struct Server {
@@ -55,8 +55,7 @@ struct Server {
     bool edge = false, quiet = false;  // --mode et, --quiet
     long long max_clients = 0, max_buffer = kDefaultMaxBuffer;
     double idle_timeout = kDefaultIdleTimeout;
-    std::vector<Client> clients;     // indexed by descriptor number
-    std::vector<std::string> peers;  // "127.0.0.1:50312" by descriptor, for the log
+    std::vector<Client> clients;                               // indexed by descriptor number
     std::vector<char> buffer = std::vector<char>(kReadChunk);  // every read() lands here
     double now = lab::now_seconds();                           // the time, on the steady clock
     long long count = 0;                                       // the clients connected
@@ -73,14 +72,12 @@ struct Server {
     void out_of_descriptors();
     Client& at(int fd) { return clients[static_cast<std::size_t>(fd)]; }
     void touch(int fd) { idle.touch(fd, now + idle_timeout); }
-    std::string_view peer(int fd) const { return peers[static_cast<std::size_t>(fd)]; }
 };
 
 int main(int argc, char** argv) {
     Server server;
     std::string mode = "lt";
-    const long long open_max = sysconf(_SC_OPEN_MAX);  // the descriptor limit (ulimit -n)
-    server.max_clients = std::clamp(open_max - kReservedFds, 1LL, kMaxClientsLimit);
+    server.max_clients = std::clamp(sysconf(_SC_OPEN_MAX) - kReservedFds, 1LL, kMaxClientsLimit);
     lab::Args args(kUsage);
     args.host_port("127.0.0.1", kDefaultPort, lab::Positionals::kPort);
     args.option("--mode", &mode);
@@ -96,8 +93,7 @@ int main(int argc, char** argv) {
     lab::handle_signals();
     // 1. socket(): non-blocking, so that no accept4() can ever stall the loop.
     server.listen_fd.reset(socket(local.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-    const int listen_fd = server.listen_fd.get();
-    const int on = 1;
+    const int listen_fd = server.listen_fd.get(), on = 1;
     if (listen_fd == -1) lab::die("socket");
     if (setsockopt(listen_fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) == -1)
         lab::die("setsockopt");
@@ -119,13 +115,10 @@ int main(int argc, char** argv) {
     std::vector<epoll_event> events(kMaxEvents);
     while (!lab::stop_requested()) {
         // 5. epoll_wait(): three kinds of event. The listener (new connections), the clients
-        //    (bytes, room to write, FIN, reset), and the timers: it sleeps no later than the
-        //    earliest idle deadline, the front of the list by last activity (-1: no client).
+        //    (bytes, room to write, FIN, reset), the timers: it sleeps until the first deadline.
         // TASK 09.wait
         // KIT: const int n = lab::todo<int>("09.wait");
-        const int first = server.idle.oldest();
-        const int timeout =
-            first == -1 ? -1 : lab::to_milliseconds(server.idle.deadline(first) - server.now);
+        const int timeout = server.idle.milliseconds_left(server.now);
         const int n = epoll_wait(server.epoll_fd.get(), events.data(), kMaxEvents, timeout);
         if (n == -1 && errno == EINTR) continue;  // a signal: back to the check of the flag
         if (n == -1) lab::die("epoll_wait");
@@ -173,17 +166,15 @@ void Server::add_client(lab::Fd fd, const lab::Endpoint& address) {
     at(n).events = event.events;
     // END TASK
     at(n).fd = std::move(fd);
+    at(n).peer = lab::format_address(address);
     ++count;
     touch(n);
-    peers.resize(clients.size());
-    peers[static_cast<std::size_t>(n)] = lab::format_address(address);
-    log("client ", peer(n), " connected: fd ", n);
+    log("client ", at(n).peer, " connected: fd ", n);
 }
 
-// ET: is the socket drained, after a read() that returned n of the `asked` bytes? EAGAIN
-// says so, at the price of one more read() per wake-up. A short read says so too (TCP hands
-// over all it holds; later bytes raise a new edge), unless urgent data is pending (EPOLLPRI:
-// read() stops at its mark) or the FIN has come (EPOLLRDHUP: no new edge will come).
+// ET: is the socket drained after a read() of n of the `asked` bytes? EAGAIN says so, at one
+// more read() per wake-up; a short read too (TCP hands over all it holds), unless urgent data
+// waits (EPOLLPRI: read() stops at its mark) or the FIN came (EPOLLRDHUP: no new edge comes).
 static bool drained(std::uint32_t events, std::size_t n, std::size_t asked) {
     // TASK 09.drained
     // KIT: return lab::todo<bool>("09.drained");
@@ -207,7 +198,7 @@ void Server::serve(int fd, std::uint32_t events) {
         if (n == -1) return close_client(fd, std::strerror(errno));
         client.eof = n == 0;  // FIN: nothing more will come, but the echo is owed
         if (n == 0) break;
-        log("from ", peer(fd), ": ", n, " bytes");
+        log("from ", client.peer, ": ", n, " bytes");
         client.bytes += static_cast<std::uint64_t>(n);
         touch(fd);
         if (!send(fd, {buffer.data(), static_cast<std::size_t>(n)}))
@@ -222,8 +213,8 @@ void Server::serve(int fd, std::uint32_t events) {
 // 9. close(): resetting the Client closes its descriptor, which also takes it out of the
 //    interest list (Pitfalls: not always).
 void Server::close_client(int fd, std::string_view why) {
-    if (why.empty()) log("client ", peer(fd), " left after ", at(fd).bytes, " bytes");
-    if (!why.empty()) log("client ", peer(fd), " dropped: ", why);
+    if (why.empty()) log("client ", at(fd).peer, " left after ", at(fd).bytes, " bytes");
+    if (!why.empty()) log("client ", at(fd).peer, " dropped: ", why);
     idle.remove(fd);
     at(fd) = Client{};
     --count;
@@ -257,6 +248,7 @@ bool Server::modify(int fd, std::uint32_t events) {  // EPOLL_CTL_MOD: a new int
     at(fd).events = events;
     return epoll_ctl(epoll_fd.get(), EPOLL_CTL_MOD, fd, &event) == 0;
 }
+
 // Out of descriptors (EMFILE): the connection stays queued. A level-triggered listener would
 // be reported again at once, a spin; this one is not, and main tries once per turn.
 void Server::out_of_descriptors() {
