@@ -7,6 +7,10 @@ $GRADE_REPORT_FD, which the grader opened for pytest alone: student programs nev
 it (the harness starts them with close_fds), and in the sandbox they run without the
 capabilities that /proc/PID/fd of pytest would need.
 
+With pytest-xdist (-n N) only the controller writes: it collects the tests itself for the
+"collected" line, and each worker's report brings the programs' stderr in its
+user_properties. The workers never had the descriptor (execnet starts them with close_fds).
+
 $GRADE_UNGRADED (a JSON list of shell patterns) names tests that check the instructor's
 own tree, not the student's programs: they are deselected. Lines:
 
@@ -24,6 +28,7 @@ import pytest
 
 _results = {}
 _fd = None
+_STDERR = "grade_stderr"  # the user_properties key of the programs' stderr tails
 
 
 def _write(entry):
@@ -49,6 +54,20 @@ def _ungraded():
 def _doc(item):
     doc = inspect.getdoc(getattr(item, "function", None)) or ""
     return doc.split("\n\n")[0].replace("\n", " ").strip()
+
+
+def pytest_configure(config):
+    global _fd
+    if hasattr(config, "workerinput"):  # an xdist worker: its controller reports
+        _fd = -1
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection(session):
+    """Under xdist the controller collects nothing of its own; it does here, once, so that
+    the collected line names every test with its markers, as without xdist."""
+    if session.config.pluginmanager.hasplugin("dsession"):
+        session.perform_collect()
 
 
 def pytest_collection_modifyitems(config, items):
@@ -104,8 +123,7 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     if report.failed:
-        entry = _results.setdefault(item.nodeid, {})
-        entry.setdefault("stderr", _programs(item))
+        report.user_properties.append((_STDERR, _programs(item)))
 
 
 def pytest_runtest_logreport(report):
@@ -113,6 +131,9 @@ def pytest_runtest_logreport(report):
     entry.setdefault("outcome", "passed")
     entry.setdefault("message", "")
     entry["seconds"] = entry.get("seconds", 0.0) + report.duration
+    for key, value in getattr(report, "user_properties", None) or []:
+        if key == _STDERR and "stderr" not in entry and isinstance(value, list):
+            entry["stderr"] = value
     if report.failed and entry["outcome"] != "failed":
         entry["outcome"] = "failed"
         entry["message"] = _message(report)

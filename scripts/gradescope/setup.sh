@@ -5,7 +5,8 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends g++ make python3 python3-pytest \
-    python3-pytest-timeout iproute2 procps util-linux bubblewrap netcat-openbsd socat
+    python3-pytest-timeout python3-pytest-xdist iproute2 procps util-linux bubblewrap \
+    netcat-openbsd socat
 # Python before 3.11 has no tomllib: the grader then reads tests/weights.toml with tomli.
 if ! python3 -c 'import tomllib' 2>/dev/null; then
     apt-get install -y -qq --no-install-recommends python3-tomli
