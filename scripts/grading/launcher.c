@@ -1,10 +1,19 @@
 /* The launcher of a student's program in the sandbox: /work/bin/NN-name/PROG (a copy of
  * this program) runs /work/build/NN-name/PROG with the same arguments, after taking away
- * every capability (bounding, ambient, inheritable, permitted, effective) and setting
- * no_new_privs. It opens no file, so it works under any RLIMIT_NOFILE a test sets. */
+ * every capability (bounding, ambient, inheritable, permitted, effective), setting
+ * no_new_privs, and entering a Landlock domain of its own. The domain keeps each program
+ * (and the processes it starts) apart from every process outside it: the kernel refuses
+ * it ptrace access, so it cannot open /proc/PID/fd of the grader's processes or of the
+ * other programs a test runs at the same time (under pytest-xdist, another test's). The
+ * domain restricts nothing else: its one handled right, making block devices, is one no
+ * program without capabilities has anyway. Where the kernel has no Landlock, or a seccomp
+ * filter forbids it, the program runs without (lacking capabilities still keeps the
+ * grader's own descriptors out of reach).
+ * It opens no file, so it works under any RLIMIT_NOFILE a test sets. */
 #include <errno.h>
 #include <limits.h>
 #include <linux/capability.h>
+#include <linux/landlock.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -37,6 +46,12 @@ int main(int argc, char** argv) {
     if (syscall(SYS_capset, &header, data) != 0 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
         perror("launcher: dropping capabilities");
         return 126;
+    }
+    const struct landlock_ruleset_attr ruleset = {.handled_access_fs = LANDLOCK_ACCESS_FS_MAKE_BLOCK};
+    const long domain = syscall(SYS_landlock_create_ruleset, &ruleset, sizeof ruleset, 0);
+    if (domain >= 0) {  /* else no Landlock here (or a seccomp filter forbids it) */
+        syscall(SYS_landlock_restrict_self, domain, 0);
+        close((int)domain);
     }
     execv(target, argv);
     fprintf(stderr, "launcher: %s: %s\n", target, strerror(errno));

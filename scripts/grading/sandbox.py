@@ -19,7 +19,8 @@ hosts in network namespaces, CAP_SYS_PTRACE to count a program's descriptors...)
 programs are started through launcher.c (make and the compiler through drop_caps_argv()):
 no capabilities at all, no_new_privs.
 Without capabilities they cannot open /proc/PID/fd or /proc/PID/mem of the processes
-that hold them, so the report descriptor the grader hands to pytest stays out of reach.
+that hold them, so the report descriptor the grader hands to pytest stays out of reach;
+and the launcher's Landlock domain (one per program) keeps them out of each other's.
 
 Everything a sandbox started ends with it: when the sandbox's first process exits, or
 the grader stops it at its time limit, the kernel kills every process of the PID

@@ -1,18 +1,21 @@
 """The sandbox of scripts/grading/sandbox.py, one property at a time: an unprivileged user
 outside, a network of its own, a private /tmp, only what is bound visible and read-only,
-limits on processes and memory, the report descriptor out of a student program's reach,
-test hosts in network namespaces inside, and nothing left when it ends."""
+limits on processes and memory, the report descriptor and the other programs out of a
+student program's reach, test hosts in network namespaces inside, and nothing left when it
+ends."""
 
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
 
 from grading import sandbox  # noqa: E402
 from grading.sandbox import Bind, Limits, Sandbox, drop_caps_argv  # noqa: E402
@@ -121,6 +124,59 @@ def test_a_student_program_cannot_reach_the_report_descriptor(box, open_dir):
     out = r.output.decode()
     assert "tried" in out and "done" in out, out
     assert r.report == b"from-grader\n"
+
+
+PROBER = """#!/bin/sh
+if (echo forged >"/proc/$1/fd/1") 2>/dev/null; then echo "$2: reached"; else echo "$2: refused"; fi
+"""
+TWO_PROGRAMS = """#!/bin/bash
+# Two programs at once, as two tests running side by side start them.
+mkfifo /tmp/out
+/work/bin/x/holder >/tmp/out &
+holder=$!
+exec 3</tmp/out
+read -r -t 10 line <&3 && echo "holder: $line"
+/work/bin/x/prober "$holder" launcher
+%s /work/build/x/prober "$holder" "capabilities dropped only"
+read -r -t 10 line <&3 && echo "holder's output: $line"
+kill "$holder"
+"""
+
+
+def landlock_abi() -> int:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1))  # its version
+
+
+@pytest.mark.skipif(landlock_abi() < 1, reason="this kernel has no Landlock")
+def test_student_programs_cannot_reach_each_other(box, open_dir):
+    """Programs started as the grader starts them (launcher.c) cannot open each other's
+    descriptors: one test's program cannot write into another's output. Dropping the
+    capabilities alone would not do it (the second probe shows the threat is real)."""
+    launcher = open_dir / "launcher"
+    built = subprocess.run(["gcc", "-x", "c", "-O1", "-o", str(launcher),
+                            str(REPO / "scripts" / "grading" / "launcher.c")],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    for sub in ("bin/x", "build/x"):
+        (open_dir / sub).mkdir(parents=True)
+        os.chmod(open_dir / sub, 0o755)
+        os.chmod(open_dir / sub.split("/")[0], 0o755)
+    (open_dir / "build/x/holder").write_text("#!/bin/sh\necho up\nexec sleep 30\n")
+    (open_dir / "build/x/prober").write_text(PROBER)
+    (open_dir / "grader").write_text(TWO_PROGRAMS % " ".join(drop_caps_argv()))
+    for prog in ("holder", "prober"):
+        shutil.copyfile(launcher, open_dir / "bin/x" / prog)
+        os.chmod(open_dir / "bin/x" / prog, 0o755)
+        os.chmod(open_dir / "build/x" / prog, 0o755)
+    os.chmod(open_dir / "grader", 0o755)
+    r = box.run(["/t/grader"], [Bind(open_dir, "/t"), Bind(open_dir / "bin", "/work/bin"),
+                                Bind(open_dir / "build", "/work/build")], timeout=30)
+    out = r.output.decode()
+    assert "holder: up" in out, out
+    assert "launcher: refused" in out, out
+    assert "capabilities dropped only: reached" in out and "holder's output: forged" in out, out
 
 
 def test_test_hosts_in_network_namespaces_inside(box):
