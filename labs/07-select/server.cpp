@@ -56,7 +56,7 @@ struct Server {
     void accept_clients();  // the lesson, after main
     bool serve(Client& client, const fd_set& readable, const fd_set& writable) const;
     lab::Fd accept_with_spare(lab::Endpoint& peer);  // the defences
-    bool idle(const Client& client) const;
+    bool idle(const Client& client, double now) const;
 };
 int main(int argc, char** argv) {
     Server server;
@@ -108,9 +108,10 @@ int main(int argc, char** argv) {
         // END TASK
         if (FD_ISSET(listen_fd, &readable)) server.accept_clients();  // 5. accept() (below)
         // 6. read() and write() (serve()), last client first: see step 7.
+        const double now = lab::now_seconds();  // one clock read per pass, not per client
         for (std::size_t i = server.clients.size(); i-- > 0;) {
             Client& client = server.clients[i];
-            if (server.serve(client, readable, writable) && !server.idle(client)) continue;
+            if (server.serve(client, readable, writable) && !server.idle(client, now)) continue;
             // 7. close(): the last client (served already) moves over this one; its Fd closes.
             if (i + 1 != server.clients.size()) client = std::move(server.clients.back());
             server.clients.pop_back();
@@ -187,8 +188,8 @@ lab::Fd Server::accept_with_spare(lab::Endpoint& peer) {
 
 // Silent clients would hold their slots for ever. Each has a deadline; select() sleeps no
 // later than the earliest (found as the sets are filled); one past it is dropped here.
-bool Server::idle(const Client& client) const {
-    if (lab::now_seconds() < client.deadline) return false;
+bool Server::idle(const Client& client, double now) const {
+    if (now < client.deadline) return false;
     log("client ", client.peer, " dropped: idle for ", lab::seconds_text(idle_timeout));
     return true;
 }

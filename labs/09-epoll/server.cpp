@@ -40,27 +40,25 @@ TCP echo server: one thread, epoll, thousands of clients at once.
       --quiet                 no log line per event
 )";
 
-// One connection, in a table indexed by its descriptor number: 64 bytes while idle.
+// One connection, in a table indexed by its descriptor number: 32 bytes while idle.
 struct Client {
     lab::Fd fd;                        // closing it also takes it out of the interest list
     std::uint32_t events = 0;          // what epoll reports for it (LT changes it)
     std::unique_ptr<std::string> out;  // echo not yet taken by the peer, only while some waits
     std::uint64_t bytes = 0;           // received in all
     bool eof = false;                  // FIN: echo the rest, then close
-    std::string peer;                  // "127.0.0.1:50312", for the log
 };
 
 struct Server {
     lab::Fd listen_fd, epoll_fd;
-    bool edge = false, quiet = false;  // --mode et, --quiet
-    long long max_clients = 0, max_buffer = kDefaultMaxBuffer;
+    bool edge = false, quiet = false, out_of_fds = false;  // --mode et, --quiet; EMFILE seen
+    long long count = 0, max_clients = 0, max_buffer = kDefaultMaxBuffer;  // clients, limits
     double idle_timeout = kDefaultIdleTimeout;
-    std::vector<Client> clients;                               // indexed by descriptor number
+    std::vector<Client> clients;     // indexed by descriptor number
+    std::vector<std::string> peers;  // by descriptor too: "127.0.0.1:50312", unless --quiet
     std::vector<char> buffer = std::vector<char>(kReadChunk);  // every read() lands here
     double now = lab::now_seconds();                           // the time, on the steady clock
-    long long count = 0;                                       // the clients connected
     IdleList idle;                                             // the timers (idle_list.hpp)
-    bool out_of_fds = false;  // accept4() failed with EMFILE, said so (once): try each turn
     lab::Log log{false};
     void accept_clients();  // the lesson, after main
     void add_client(lab::Fd fd, const lab::Endpoint& address);
@@ -71,6 +69,7 @@ struct Server {
     bool modify(int fd, std::uint32_t events);
     void out_of_descriptors();
     Client& at(int fd) { return clients[static_cast<std::size_t>(fd)]; }
+    std::string_view peer(std::size_t fd) const { return quiet ? "" : std::string_view(peers[fd]); }
     void touch(int fd) { idle.touch(fd, now + idle_timeout); }
 };
 
@@ -158,6 +157,7 @@ void Server::accept_clients() {
 void Server::add_client(lab::Fd fd, const lab::Endpoint& address) {
     const int n = fd.get();
     if (static_cast<std::size_t>(n) >= clients.size()) clients.resize(n + 1UL);
+    if (!quiet) peers.resize(clients.size());  // the names cost memory only when logged
     // TASK 09.add-client
     const std::uint32_t et = EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLOUT | EPOLLET;
     epoll_event event{.events = edge ? et : EPOLLIN, .data = {.fd = n}};
@@ -166,10 +166,10 @@ void Server::add_client(lab::Fd fd, const lab::Endpoint& address) {
     at(n).events = event.events;
     // END TASK
     at(n).fd = std::move(fd);
-    at(n).peer = lab::format_address(address);
+    if (!quiet) peers[static_cast<std::size_t>(n)] = lab::format_address(address);
     ++count;
     touch(n);
-    log("client ", at(n).peer, " connected: fd ", n);
+    log("client ", peer(n), " connected: fd ", n);
 }
 
 // ET: is the socket drained after a read() of n of the `asked` bytes? EAGAIN says so, at one
@@ -198,7 +198,7 @@ void Server::serve(int fd, std::uint32_t events) {
         if (n == -1) return close_client(fd, std::strerror(errno));
         client.eof = n == 0;  // FIN: nothing more will come, but the echo is owed
         if (n == 0) break;
-        log("from ", client.peer, ": ", n, " bytes");
+        log("from ", peer(fd), ": ", n, " bytes");
         client.bytes += static_cast<std::uint64_t>(n);
         touch(fd);
         if (!send(fd, {buffer.data(), static_cast<std::size_t>(n)}))
@@ -213,8 +213,8 @@ void Server::serve(int fd, std::uint32_t events) {
 // 9. close(): resetting the Client closes its descriptor, which also takes it out of the
 //    interest list (Pitfalls: not always).
 void Server::close_client(int fd, std::string_view why) {
-    if (why.empty()) log("client ", at(fd).peer, " left after ", at(fd).bytes, " bytes");
-    if (!why.empty()) log("client ", at(fd).peer, " dropped: ", why);
+    if (why.empty()) log("client ", peer(fd), " left after ", at(fd).bytes, " bytes");
+    if (!why.empty()) log("client ", peer(fd), " dropped: ", why);
     idle.remove(fd);
     at(fd) = Client{};
     --count;
