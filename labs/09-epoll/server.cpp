@@ -52,7 +52,7 @@ struct Client {
 struct Server {
     lab::Fd listen_fd, epoll_fd;
     bool edge = false, quiet = false, out_of_fds = false;  // --mode et, --quiet; EMFILE seen
-    long long count = 0, max_clients = 0, max_buffer = kDefaultMaxBuffer;  // clients, limits
+    long long count = 0, max_clients = 0, max_buffer = kDefaultMaxBuffer;  // clients now, limits
     double idle_timeout = kDefaultIdleTimeout;
     std::vector<Client> clients;     // indexed by descriptor number
     std::vector<std::string> peers;  // by descriptor too: "127.0.0.1:50312", unless --quiet

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import kit as kitlib
-from .sandbox import (Bind, Limits, Sandbox, SandboxError, available, drop_caps_argv,
-                      remove_stale_temp_dirs, temp_dir)
+from .sandbox import (Bind, Limits, Sandbox, SandboxError, available, build_launcher,
+                      drop_caps_argv, remove_stale_temp_dirs, temp_dir)
 from .scoring import Weights, counted, parse_report, score, values
 
 REPO = Path(__file__).resolve().parents[2]
@@ -331,9 +331,7 @@ class Grader:
         with self._common_lock:
             if self._launcher_path is None:
                 out = self.workdir / "launcher"
-                r = subprocess.run(["g++", "-x", "c", "-O1", "-o", str(out),
-                                    str(Path(__file__).with_name("launcher.c"))],
-                                   capture_output=True, timeout=120)
+                r = build_launcher(out)
                 self._launcher_path = out if r.returncode == 0 else False
             return self._launcher_path or None
 

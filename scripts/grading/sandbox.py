@@ -80,6 +80,14 @@ def drop_caps_argv() -> list[str]:
             "--bounding-set=-all", "--no-new-privs", "--"]
 
 
+def build_launcher(out: Path) -> subprocess.CompletedProcess:
+    """Compiles launcher.c (the starter of every student program, beside this file) to
+    `out`; no student input goes into it."""
+    return subprocess.run(["g++", "-x", "c", "-O1", "-o", str(out),
+                           str(Path(__file__).with_name("launcher.c"))],
+                          capture_output=True, text=True, timeout=120)
+
+
 @dataclass
 class Limits:
     memory_mb: int = 2048       # the whole sandbox (cgroup)
